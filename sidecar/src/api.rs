@@ -1,0 +1,225 @@
+//! The HTTP API an app calls: health, metadata, and invocation for everything else (Dapr
+//! registers invoke as the router's fallback, which is what makes the `dapr-app-id` header work
+//! on any path).
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http::{HeaderValue, Method as Verb, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::{
+    body::{self, Body},
+    proxy::{Resolve, Sidecar},
+};
+
+/// What `/v1.0/healthz` reports.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The app accepts connections (or there is no app port to wait for).
+    pub app_ready: AtomicBool,
+    /// Name resolution has loaded.
+    pub outbound_ready: AtomicBool,
+    /// `PUT /v1.0/metadata/<key>` values.
+    pub extended: Mutex<BTreeMap<String, String>>,
+}
+
+/// Routes one request on the HTTP API port.
+pub async fn serve_api<R: Resolve>(
+    sc: Arc<Sidecar<R>>,
+    health: Arc<Health>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let route = routing_path(req.uri().path());
+    match (req.method(), route.as_str()) {
+        (&Verb::GET | &Verb::HEAD, "/v1.0/healthz") => healthz(&sc, &health, req.uri().query()),
+        (&Verb::GET | &Verb::HEAD, "/v1.0/healthz/outbound") => outbound(&health),
+        (&Verb::GET, "/v1.0/metadata") => metadata(&sc, &health),
+        (&Verb::PUT, key)
+            if key.starts_with("/v1.0/metadata/") && key.len() > "/v1.0/metadata/".len() =>
+        {
+            let key = key["/v1.0/metadata/".len()..].to_owned();
+            set_metadata(&health, key, req).await
+        }
+        _ => sc.invoke(req).await,
+    }
+}
+
+/// Routes one request on the public port: health and metadata only.
+pub async fn serve_public<R: Resolve>(
+    sc: Arc<Sidecar<R>>,
+    health: Arc<Health>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let route = routing_path(req.uri().path());
+    match (req.method(), route.as_str()) {
+        (&Verb::GET | &Verb::HEAD, "/v1.0/healthz") => healthz(&sc, &health, req.uri().query()),
+        (&Verb::GET | &Verb::HEAD, "/v1.0/healthz/outbound") => outbound(&health),
+        (&Verb::GET, "/v1.0/metadata") => metadata(&sc, &health),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "ERR_NOT_FOUND",
+            "only /v1.0/healthz, /v1.0/healthz/outbound and /v1.0/metadata are served on this port",
+        ),
+    }
+}
+
+/// The path used to pick a route: repeated slashes collapsed, trailing slash dropped (the
+/// request itself is not changed).
+fn routing_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+fn healthz<R: Resolve>(sc: &Sidecar<R>, health: &Health, query: Option<&str>) -> Response<Body> {
+    if let Some(want) = query.and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "appid")
+            .map(|(_, v)| v.to_owned())
+    }) && want != sc.app_id.as_str()
+    {
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_HEALTH_APPID_NOT_MATCH",
+            "dapr app-id does not match",
+        );
+    }
+    let mut waiting = Vec::new();
+    if !health.app_ready.load(Ordering::Acquire) {
+        waiting.push("app channel");
+    }
+    if !health.outbound_ready.load(Ordering::Acquire) {
+        waiting.push("name resolution");
+    }
+    if waiting.is_empty() {
+        no_content()
+    } else {
+        json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_HEALTH_NOT_READY",
+            &format!("dapr is not ready: [{}]", waiting.join(" ")),
+        )
+    }
+}
+
+fn outbound(health: &Health) -> Response<Body> {
+    if health.outbound_ready.load(Ordering::Acquire) {
+        no_content()
+    } else {
+        json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_OUTBOUND_HEALTH_NOT_READY",
+            "dapr outbound is not ready: [name resolution]",
+        )
+    }
+}
+
+fn metadata<R: Resolve>(sc: &Sidecar<R>, health: &Health) -> Response<Body> {
+    let endpoints: Vec<serde_json::Value> = sc
+        .endpoints
+        .load()
+        .names()
+        .into_iter()
+        .map(|n| serde_json::json!({ "name": n }))
+        .collect();
+    let mut extended = serde_json::Map::new();
+    extended.insert("runtime".into(), "ferry".into());
+    extended.insert(
+        "daprRuntimeVersion".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    );
+    extended.insert("namespace".into(), sc.namespace.as_str().into());
+    for (k, v) in health
+        .extended
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        extended.insert(k.clone(), v.clone().into());
+    }
+    let mut doc = serde_json::json!({
+        "id": sc.app_id.as_str(),
+        "runtimeVersion": env!("CARGO_PKG_VERSION"),
+        "enabledFeatures": [],
+        "actors": [],
+        "components": [],
+        "httpEndpoints": endpoints,
+        "subscriptions": [],
+        "extended": extended,
+    });
+    if let Some(app) = &sc.app {
+        doc["appConnectionProperties"] = serde_json::json!({
+            "port": app.port,
+            "protocol": app.protocol.as_str(),
+            "channelAddress": app.address,
+        });
+    }
+    let mut resp = Response::new(body::full(doc.to_string()));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+async fn set_metadata(health: &Health, key: String, req: Request<Incoming>) -> Response<Body> {
+    let value = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).into_owned(),
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "ERR_METADATA_SET",
+                "the metadata value must be at most 64 KiB",
+            );
+        }
+    };
+    health
+        .extended
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, value);
+    no_content()
+}
+
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let mut r = Response::new(body::full(
+        serde_json::json!({"errorCode": code, "message": message}).to_string(),
+    ));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_paths() {
+        assert_eq!(routing_path("/v1.0//healthz/"), "/v1.0/healthz");
+        assert_eq!(routing_path("//"), "/");
+        assert_eq!(routing_path("/v1.0/metadata"), "/v1.0/metadata");
+    }
+}

@@ -1,0 +1,217 @@
+//! Bodies: streamed both ways, limited on the way in, and framed honestly on the way out.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode, header::CONTENT_LENGTH};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type every response and forwarded request uses.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn boxed<B>(b: B) -> Body
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    b.map_err(Into::into).boxed_unsync()
+}
+
+/// The request body grew past `--max-body-size`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body is larger than the limit of {limit} bytes")]
+pub struct TooLarge {
+    pub limit: u64,
+}
+
+/// Finds a [`TooLarge`] anywhere in an error's source chain.
+pub fn find_too_large(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<TooLarge>() {
+            return Some(t.limit);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Streams a request body and fails it as soon as more than `limit` bytes have passed, so an
+/// oversized body is refused without ever being held in memory.
+pub struct Limited<B> {
+    inner: B,
+    remaining: u64,
+    limit: u64,
+}
+
+impl<B> Limited<B> {
+    pub fn new(inner: B, limit: u64) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+        }
+    }
+}
+
+impl<B> HttpBody for Limited<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        return Poll::Ready(Some(Err(Box::new(TooLarge { limit: this.limit }))));
+                    }
+                    this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream HTTP/1 response body that ends cleanly when the upstream closes before the length
+/// it declared: the truncated body counts as complete (Dapr does the same), and the stale length
+/// never reaches the caller because it was never forwarded.
+struct Lenient(Incoming);
+
+impl HttpBody for Lenient {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.0).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) if e.is_incomplete_message() => Poll::Ready(None),
+            other => other.map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    // The size hint is left unknown on purpose: the declared length is not to be trusted.
+}
+
+/// Responses up to this declared size are read whole so that the caller gets an exact
+/// `Content-Length`; larger ones stream (chunked), like every response of unknown length.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// Turns an upstream HTTP/1 response (from an app or an external server) into one for our
+/// caller: the declared `Content-Length` is never passed on as such.
+pub async fn frame_upstream(resp: Response<Incoming>, head_request: bool) -> Response<Body> {
+    let (mut parts, incoming) = resp.into_parts();
+    if head_request || is_bodiless(parts.status) {
+        // No body follows; a Content-Length here describes the resource and passes as it is.
+        return Response::from_parts(parts, empty());
+    }
+    let declared = content_length(&parts.headers);
+    parts.headers.remove(CONTENT_LENGTH);
+    let lenient = Lenient(incoming);
+    let body = match declared {
+        Some(n) if n <= SMALL_BODY => match lenient.collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                parts.headers.insert(CONTENT_LENGTH, bytes.len().into());
+                full(bytes)
+            }
+            Err(e) => {
+                // The upstream failed mid-body: end the response with the error so the client
+                // sees a broken message rather than a silently short one.
+                let err: BoxError = e;
+                return Response::from_parts(
+                    parts,
+                    http_body_util::StreamBody::new(futures_util::stream::once(async move {
+                        Err::<Frame<Bytes>, BoxError>(err)
+                    }))
+                    .boxed_unsync(),
+                );
+            }
+        },
+        _ => lenient.boxed_unsync(),
+    };
+    Response::from_parts(parts, body)
+}
+
+fn is_bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// The value of a single, well-formed `Content-Length`.
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    let mut values = h.get_all(CONTENT_LENGTH).iter();
+    let v = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    v.to_str().ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limited_passes_small_and_fails_large() {
+        let ok = Limited::new(Full::new(Bytes::from_static(b"12345")), 5);
+        assert_eq!(ok.collect().await.unwrap().to_bytes(), "12345");
+        let too_big = Limited::new(Full::new(Bytes::from_static(b"123456")), 5);
+        let err = too_big.collect().await.unwrap_err();
+        assert_eq!(find_too_large(&*err), Some(5));
+    }
+
+    #[test]
+    fn content_length_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_length(&h), None);
+        h.insert(CONTENT_LENGTH, "12".parse().unwrap());
+        assert_eq!(content_length(&h), Some(12));
+        h.append(CONTENT_LENGTH, "12".parse().unwrap());
+        assert_eq!(content_length(&h), None);
+    }
+}

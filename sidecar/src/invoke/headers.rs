@@ -1,0 +1,240 @@
+//! Header rules, both ways (spec §1.7, §1.9).
+
+use ferry_api::headers as names;
+use http::{
+    HeaderMap, HeaderName, HeaderValue,
+    header::{
+        CONNECTION, CONTENT_LENGTH, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+        TRAILER, TRANSFER_ENCODING, UPGRADE,
+    },
+};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the ones Dapr strips besides).
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = h
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            h.remove(name);
+        }
+    }
+    // The typed constants avoid parsing names for the common ones.
+    for name in [
+        CONNECTION,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        TE,
+        TRAILER,
+        PROXY_AUTHORIZATION,
+        PROXY_AUTHENTICATE,
+    ] {
+        h.remove(name);
+    }
+    for name in &HOP_BY_HOP[..] {
+        h.remove(*name);
+    }
+}
+
+/// Cleans a request an app sent to its sidecar before it is forwarded anywhere: hop-by-hop
+/// headers, the headers only a sidecar may set (so they cannot be spoofed), the caller's API
+/// token, gRPC-only `-bin` keys, and framing the sidecar recomputes (`Host`, `Content-Length`,
+/// `Expect`).
+pub fn sanitize_request(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+    for name in [
+        names::DAPR_APP_ID,
+        names::DAPR_CALLER_APP_ID,
+        names::DAPR_CALLER_NAMESPACE,
+        names::DAPR_CALLEE_APP_ID,
+        names::DAPR_API_TOKEN,
+        names::FERRY_CALLEE,
+        names::FERRY_ERROR,
+        "destination-app-id",
+    ] {
+        h.remove(name);
+    }
+    h.remove(HOST);
+    h.remove(EXPECT);
+    if h.keys().any(|k| k.as_str().ends_with("-bin")) {
+        let bin: Vec<HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().ends_with("-bin"))
+            .cloned()
+            .collect();
+        for k in bin {
+            h.remove(k);
+        }
+    }
+    // The length travels with the body (its size hint); a stale value must never be sent on.
+    h.remove(CONTENT_LENGTH);
+}
+
+/// Who is calling whom, set by the sidecar on app-to-app calls (remote and self).
+pub fn set_identity(
+    h: &mut HeaderMap,
+    caller_id: &HeaderValue,
+    caller_ns: &HeaderValue,
+    callee_id: &HeaderValue,
+) {
+    h.insert(names::DAPR_CALLER_APP_ID, caller_id.clone());
+    h.insert(names::DAPR_CALLER_NAMESPACE, caller_ns.clone());
+    h.insert(names::DAPR_CALLEE_APP_ID, callee_id.clone());
+}
+
+/// `X-Forwarded-For`, `X-Forwarded-Host` and `Forwarded`, appended to what is already there, on
+/// calls to a remote app.
+#[derive(Debug, Clone)]
+pub struct ForwardedHeaders {
+    ip: HeaderValue,
+    host: HeaderValue,
+    forwarded: HeaderValue,
+}
+
+impl ForwardedHeaders {
+    pub fn new(ip: std::net::IpAddr, hostname: &str) -> Self {
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let host = HeaderValue::from_str(hostname)
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let forwarded = HeaderValue::from_str(&format!(
+            "for={node};by={node};host={}",
+            host.to_str().unwrap_or("localhost")
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        Self {
+            ip: HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value"),
+            host,
+            forwarded,
+        }
+    }
+
+    pub fn append_to(&self, h: &mut HeaderMap) {
+        h.append("x-forwarded-for", self.ip.clone());
+        h.append("x-forwarded-host", self.host.clone());
+        h.append(http::header::FORWARDED, self.forwarded.clone());
+    }
+}
+
+/// Cleans a response on its way back: hop-by-hop headers never pass.
+pub fn sanitize_response(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names_of(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_names_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop , upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("proxy-authenticate", "Basic"),
+            ("x-kept", "1"),
+            ("authorization", "Bearer t"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(names_of(&h), ["authorization", "x-kept"]);
+    }
+
+    #[test]
+    fn request_sanitizing_removes_what_only_sidecars_set() {
+        let mut h = map(&[
+            ("dapr-app-id", "cart"),
+            ("Dapr-Caller-App-Id", "evil"),
+            ("DAPR-CALLER-NAMESPACE", "evil"),
+            ("dapr-callee-app-id", "evil"),
+            ("dapr-api-token", "secret"),
+            ("ferry-callee", "x.y"),
+            ("ferry-error", "1"),
+            ("host", "localhost:3500"),
+            ("content-length", "999"),
+            ("expect", "100-continue"),
+            ("grpc-trace-bin", "AAA"),
+            ("content-type", "application/json"),
+            ("x-multi", "a"),
+            ("x-multi", "b"),
+        ]);
+        sanitize_request(&mut h);
+        assert_eq!(names_of(&h), ["content-type", "x-multi"]);
+        let multi: Vec<_> = h.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"], "multi-value headers keep their order");
+    }
+
+    #[test]
+    fn identity_overrides_and_forwarded_appends() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.9"),
+            ("forwarded", "for=10.0.0.9"),
+        ]);
+        set_identity(
+            &mut h,
+            &HeaderValue::from_static("a"),
+            &HeaderValue::from_static("default"),
+            &HeaderValue::from_static("b"),
+        );
+        ForwardedHeaders::new("127.0.0.1".parse().unwrap(), "host1").append_to(&mut h);
+        assert_eq!(h["dapr-caller-app-id"], "a");
+        assert_eq!(h["dapr-caller-namespace"], "default");
+        assert_eq!(h["dapr-callee-app-id"], "b");
+        let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["10.0.0.9", "127.0.0.1"]);
+        assert_eq!(h["x-forwarded-host"], "host1");
+        let fwd: Vec<_> = h.get_all("forwarded").iter().collect();
+        assert_eq!(
+            fwd,
+            ["for=10.0.0.9", "for=127.0.0.1;by=127.0.0.1;host=host1"]
+        );
+
+        let mut h6 = HeaderMap::new();
+        ForwardedHeaders::new("::1".parse().unwrap(), "h").append_to(&mut h6);
+        assert_eq!(h6["forwarded"], "for=\"[::1]\";by=\"[::1]\";host=h");
+    }
+}

@@ -1,0 +1,23 @@
+//! Log set-up shared by `ferryd` and `ferry`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogLevel;
+
+/// Logs to stderr at `level` (or as `RUST_LOG` says, when set).
+pub fn init(level: LogLevel, json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,ferry_sidecar={0},ferry_cli={0},ferryd={0},ferry={0}",
+            level.as_str()
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.with_target(false).try_init();
+    }
+}

@@ -1,0 +1,65 @@
+//! `ferryd`: the sidecar on its own (what containers run). Takes `daprd`'s flag names.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use ferry_sidecar::{EX_USAGE, RunInfo, SidecarArgs, logging};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferryd",
+    version,
+    about = "Ferry's sidecar: Dapr-compatible service invocation"
+)]
+struct Cli {
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_on_clap_error(e),
+    };
+    logging::init(cli.sidecar.log_level, cli.sidecar.log_as_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime");
+    let code = rt.block_on(run(cli.sidecar));
+    std::process::exit(code);
+}
+
+async fn run(args: SidecarArgs) -> i32 {
+    let mut running = match ferry_sidecar::start(&args, RunInfo::default()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferryd: {e}");
+            return EX_USAGE;
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("cannot listen for SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = running.wait() => {}
+    }
+    running.shutdown().await;
+    0
+}
+
+/// Help and version print as usual; a bad flag gets one line naming it, and exit code 64.
+fn exit_on_clap_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ");
+    eprintln!("ferryd: {line}");
+    std::process::exit(EX_USAGE);
+}

@@ -1,0 +1,552 @@
+//! The invocation paths: caller side (an app's request to its sidecar) and callee side (a peer
+//! sidecar's request for this sidecar's app).
+
+use std::{error::Error as StdError, future::Future, net::IpAddr, sync::Arc, time::Instant};
+
+use arc_swap::ArcSwap;
+use ferry_api::{AppId, Namespace, headers as names};
+use http::{
+    HeaderMap, HeaderValue, Request, Response, Uri,
+    header::{CONTENT_LENGTH, HOST},
+    request,
+};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::{
+    body::{self, Body, Limited, find_too_large},
+    endpoints::{Endpoint, Endpoints},
+    invoke::{
+        Cause, InvokeError, Method,
+        headers::{self, ForwardedHeaders},
+        target::{self, TargetError, TargetName},
+        trace,
+    },
+    registry::{Instances, RegistryResolver},
+    upstream::{AppChannel, Blocked, HttpClient, PeerPool, is_blocked},
+};
+
+/// Name resolution for app IDs: standalone reads the registry directory; Kubernetes mode will
+/// watch the API.
+pub trait Resolve: Send + Sync + 'static {
+    /// The live instances of `app` in `ns`, or why there are none.
+    fn resolve(
+        &self,
+        app: &AppId,
+        ns: &Namespace,
+    ) -> impl Future<Output = Result<Arc<Instances>, String>> + Send;
+    /// An instance could not be reached; the resolver may refresh what it knows.
+    fn unreachable(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl Resolve for RegistryResolver {
+    async fn resolve(&self, app: &AppId, ns: &Namespace) -> Result<Arc<Instances>, String> {
+        RegistryResolver::resolve(self, app, ns).await
+    }
+
+    async fn unreachable(&self) {
+        self.rescan().await;
+    }
+}
+
+/// At most this many attempts for a fixed-length request whose connection failed.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Everything a sidecar needs to serve requests; shared by all connections.
+pub struct Sidecar<R> {
+    pub app_id: AppId,
+    pub namespace: Namespace,
+    id_value: HeaderValue,
+    ns_value: HeaderValue,
+    callee_tag: HeaderValue,
+    pub app: Option<AppChannel>,
+    resolver: Arc<R>,
+    peers: PeerPool,
+    /// `None` when URL calls are turned off.
+    fqdn: Option<HttpClient>,
+    allow_link_local: bool,
+    pub endpoints: ArcSwap<Endpoints>,
+    pub max_body: u64,
+    forwarded: ForwardedHeaders,
+    pub started: Instant,
+}
+
+/// What a sidecar is configured with.
+pub struct SidecarParts<R> {
+    pub app_id: AppId,
+    pub namespace: Namespace,
+    pub app: Option<AppChannel>,
+    pub resolver: Arc<R>,
+    pub fqdn: Option<HttpClient>,
+    pub allow_link_local: bool,
+    pub endpoints: Endpoints,
+    pub max_body: u64,
+    pub host_ip: IpAddr,
+    pub hostname: String,
+}
+
+/// Where a request goes.
+enum Destination {
+    Local,
+    Remote { id: AppId, ns: Namespace },
+    Endpoint(Arc<Endpoint>),
+    Url(String),
+}
+
+impl<R: Resolve> Sidecar<R> {
+    pub fn new(p: SidecarParts<R>) -> Self {
+        let hv = |s: &str| HeaderValue::from_str(s).expect("validated IDs are valid header values");
+        Self {
+            id_value: hv(p.app_id.as_str()),
+            ns_value: hv(p.namespace.as_str()),
+            callee_tag: hv(&format!("{}.{}", p.app_id, p.namespace)),
+            app_id: p.app_id,
+            namespace: p.namespace,
+            app: p.app,
+            resolver: p.resolver,
+            peers: PeerPool::default(),
+            fqdn: p.fqdn,
+            allow_link_local: p.allow_link_local,
+            endpoints: ArcSwap::from_pointee(p.endpoints),
+            max_body: p.max_body,
+            forwarded: ForwardedHeaders::new(p.host_ip, &p.hostname),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn resolver(&self) -> &Arc<R> {
+        &self.resolver
+    }
+
+    // === caller side ===
+
+    /// Serves an app's invocation request.
+    pub async fn invoke(&self, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        match self.try_invoke(parts, body).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(target = e.target.as_deref().unwrap_or(""), kind = e.cause.kind(), error = %e.message(), "invocation failed");
+                e.into_response()
+            }
+        }
+    }
+
+    async fn try_invoke(
+        &self,
+        mut parts: request::Parts,
+        body: Incoming,
+    ) -> Result<Response<Body>, InvokeError> {
+        let Some(found) = target::extract(&parts.headers, parts.uri.path()) else {
+            return Err(InvokeError::no_target());
+        };
+        let target = found.target;
+        let fail = |cause: Cause| InvokeError::new(&target, cause);
+        let method = Method::normalize(&found.method).map_err(|e| fail(e.into()))?;
+        if parts.method == http::Method::CONNECT {
+            return Err(fail(Cause::InvalidVerb(parts.method.to_string())));
+        }
+        let dest = self.destination(&target).map_err(fail)?;
+        if let Some(n) = body.size_hint().exact()
+            && n > self.max_body
+        {
+            return Err(fail(Cause::BodyTooLarge {
+                limit: self.max_body,
+            }));
+        }
+        let query = parts.uri.query().map(str::to_owned);
+        headers::sanitize_request(&mut parts.headers);
+        let span = trace::enter(&mut parts.headers);
+        let body = Limited::new(body, self.max_body);
+
+        let mut resp = match dest {
+            Destination::Local => {
+                headers::set_identity(
+                    &mut parts.headers,
+                    &self.id_value,
+                    &self.ns_value,
+                    &self.id_value,
+                );
+                self.deliver(
+                    parts.method,
+                    &method,
+                    query.as_deref(),
+                    parts.headers,
+                    body::boxed(body),
+                )
+                .await
+                .map_err(|c| match c {
+                    Cause::NoAppChannel => fail(Cause::NoLocalAppChannel),
+                    c => fail(c),
+                })?
+            }
+            Destination::Remote { id, ns } => {
+                self.call_remote(&target, &id, &ns, parts, &method, query.as_deref(), body)
+                    .await?
+            }
+            Destination::Endpoint(ep) => {
+                for (name, value) in &ep.headers {
+                    parts.headers.insert(name.clone(), value.clone());
+                }
+                self.call_external(
+                    &target,
+                    &ep.client,
+                    &ep.base_url,
+                    parts,
+                    &method,
+                    query.as_deref(),
+                    body,
+                )
+                .await?
+            }
+            Destination::Url(base) => {
+                let client = self
+                    .fqdn
+                    .as_ref()
+                    .ok_or_else(|| fail(Cause::FqdnDisabled))?;
+                self.call_external(
+                    &target,
+                    client,
+                    &base,
+                    parts,
+                    &method,
+                    query.as_deref(),
+                    body,
+                )
+                .await?
+            }
+        };
+        headers::sanitize_response(resp.headers_mut());
+        trace::on_response(resp.headers_mut(), span);
+        Ok(resp)
+    }
+
+    fn destination(&self, target: &str) -> Result<Destination, Cause> {
+        let name = target::classify(target)
+            .map_err(|TargetError::InvalidAppId(t)| Cause::InvalidAppId(t))?;
+        match name {
+            TargetName::Url(url) => {
+                if self.fqdn.is_none() {
+                    return Err(Cause::FqdnDisabled);
+                }
+                let uri: Uri =
+                    url.parse()
+                        .map_err(|e: http::uri::InvalidUri| Cause::InvalidUrl {
+                            url: url.clone(),
+                            reason: e.to_string(),
+                        })?;
+                if uri.query().is_some() {
+                    return Err(Cause::InvalidUrl {
+                        url,
+                        reason: "a target URL cannot carry a query; put it on the invoke request instead".into(),
+                    });
+                }
+                let host = uri
+                    .host()
+                    .unwrap_or_default()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                if let Ok(ip) = host.parse::<IpAddr>()
+                    && is_blocked(ip)
+                    && !self.allow_link_local
+                {
+                    return Err(Cause::BlockedAddress {
+                        host: host.to_owned(),
+                    });
+                }
+                Ok(Destination::Url(url.trim_end_matches('/').to_owned()))
+            }
+            TargetName::App { id, namespace } => {
+                let own_ns = namespace.as_ref().is_none_or(|n| *n == self.namespace);
+                if own_ns {
+                    if let Some(ep) = self.endpoints.load().get(id.as_str()) {
+                        return Ok(Destination::Endpoint(ep.clone()));
+                    }
+                    if id == self.app_id {
+                        return Ok(Destination::Local);
+                    }
+                }
+                let ns = namespace.unwrap_or_else(|| self.namespace.clone());
+                Ok(Destination::Remote { id, ns })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_remote(
+        &self,
+        target: &str,
+        id: &AppId,
+        ns: &Namespace,
+        mut parts: request::Parts,
+        method: &Method,
+        query: Option<&str>,
+        body: Limited<Incoming>,
+    ) -> Result<Response<Body>, InvokeError> {
+        let fail = |cause: Cause| InvokeError::new(target, cause);
+        let instances = self.resolver.resolve(id, ns).await.map_err(|reason| {
+            fail(Cause::Resolve {
+                app: id.to_string(),
+                namespace: ns.to_string(),
+                reason,
+            })
+        })?;
+        let callee =
+            HeaderValue::from_str(id.as_str()).expect("validated IDs are valid header values");
+        headers::set_identity(&mut parts.headers, &self.id_value, &self.ns_value, &callee);
+        self.forwarded.append_to(&mut parts.headers);
+        let tag = HeaderValue::from_str(&format!("{id}.{ns}"))
+            .expect("validated IDs are valid header values");
+        parts.headers.insert(names::FERRY_CALLEE, tag);
+
+        // A request whose length is known can go to another instance when the first cannot be
+        // reached; one of unknown length gets exactly one attempt (it is never buffered).
+        let fixed = body.size_hint().exact().is_some();
+        let attempts = if fixed { MAX_ATTEMPTS } else { 1 };
+        let path_and_query = match query {
+            Some(q) => format!("{}?{q}", method.path()),
+            None => method.path(),
+        };
+        let mut req = Request::from_parts(parts, body::boxed(body));
+        let start = instances.start();
+        let mut last_error = String::new();
+        let mut instances = instances;
+        for attempt in 0..attempts {
+            if attempt > 0 && instances.addrs.len() == 1 {
+                // Perhaps another instance has started, or this one has gone: look again.
+                self.resolver.unreachable().await;
+                if let Ok(fresh) = self.resolver.resolve(id, ns).await {
+                    instances = fresh;
+                }
+            }
+            let addr = instances.addrs[(start + attempt) % instances.addrs.len()];
+            let mut sender = match self.peers.ready(addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(peer = %addr, error = %e, attempt, "cannot reach a peer sidecar");
+                    last_error = format!("cannot connect to the sidecar of {id} at {addr}: {e}");
+                    continue;
+                }
+            };
+            *req.uri_mut() = Uri::builder()
+                .scheme("http")
+                .authority(addr.to_string())
+                .path_and_query(path_and_query.as_str())
+                .build()
+                .map_err(|e| {
+                    fail(Cause::InvalidUrl {
+                        url: path_and_query.clone(),
+                        reason: e.to_string(),
+                    })
+                })?;
+            match sender.try_send_request(req).await {
+                Ok(resp) => return self.peer_answer(target, resp).await,
+                Err(mut e) => {
+                    self.peers.evict(addr);
+                    if let Some(limit) = find_too_large(e.error()) {
+                        return Err(fail(Cause::BodyTooLarge { limit }));
+                    }
+                    last_error = format!("sidecar of {id} at {addr}: {}", chain(e.error()));
+                    match e.take_message() {
+                        // Not sent at all: safe to try elsewhere.
+                        Some(back) if fixed => req = back,
+                        _ => return Err(fail(Cause::Remote(last_error))),
+                    }
+                }
+            }
+        }
+        Err(fail(Cause::Remote(last_error)))
+    }
+
+    /// Turns a peer's answer into ours: its own errors are re-issued under our target, the
+    /// app's answers pass as they are.
+    async fn peer_answer(
+        &self,
+        target: &str,
+        resp: Response<Incoming>,
+    ) -> Result<Response<Body>, InvokeError> {
+        if resp.headers().contains_key(names::FERRY_ERROR) {
+            let status = resp.status();
+            let bytes = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(InvokeError::new(target, Cause::Callee { status, message }));
+        }
+        Ok(resp.map(body::boxed))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_external(
+        &self,
+        target: &str,
+        client: &HttpClient,
+        base: &str,
+        parts: request::Parts,
+        method: &Method,
+        query: Option<&str>,
+        body: Limited<Incoming>,
+    ) -> Result<Response<Body>, InvokeError> {
+        let fail = |cause: Cause| InvokeError::new(target, cause);
+        let url = join_url(base, method, query);
+        let uri: Uri = url.parse().map_err(|e: http::uri::InvalidUri| {
+            fail(Cause::InvalidUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })
+        })?;
+        let head = parts.method == http::Method::HEAD;
+        let mut req = Request::from_parts(parts, body::boxed(body));
+        *req.uri_mut() = uri;
+        match client.request(req).await {
+            Ok(resp) => Ok(body::frame_upstream(resp, head).await),
+            Err(e) => {
+                if let Some(limit) = find_too_large(&e) {
+                    return Err(fail(Cause::BodyTooLarge { limit }));
+                }
+                if let Some(b) = find_in_chain::<Blocked>(&e) {
+                    return Err(fail(Cause::BlockedAddress {
+                        host: b.host.clone(),
+                    }));
+                }
+                Err(fail(Cause::External {
+                    url,
+                    reason: chain(&e),
+                }))
+            }
+        }
+    }
+
+    // === callee side ===
+
+    /// Serves a peer sidecar's request for this sidecar's app.
+    pub async fn inbound(&self, req: Request<Incoming>) -> Response<Body> {
+        match self.try_inbound(req).await {
+            Ok(resp) => resp,
+            Err(cause) => {
+                tracing::debug!(kind = cause.kind(), error = %cause, "inbound request failed");
+                InvokeError::callee(cause).into_response()
+            }
+        }
+    }
+
+    async fn try_inbound(&self, req: Request<Incoming>) -> Result<Response<Body>, Cause> {
+        let (mut parts, body) = req.into_parts();
+        let wanted = parts.headers.remove(names::FERRY_CALLEE);
+        if wanted.as_ref() != Some(&self.callee_tag) {
+            return Err(Cause::WrongCallee {
+                wanted: wanted
+                    .map(|w| String::from_utf8_lossy(w.as_bytes()).into_owned())
+                    .unwrap_or_default(),
+                own: String::from_utf8_lossy(self.callee_tag.as_bytes()).into_owned(),
+            });
+        }
+        let wire = parts
+            .uri
+            .path()
+            .strip_prefix('/')
+            .unwrap_or(parts.uri.path());
+        let method = Method::from_wire(wire)?;
+        if let Some(n) = body.size_hint().exact()
+            && n > self.max_body
+        {
+            return Err(Cause::BodyTooLarge {
+                limit: self.max_body,
+            });
+        }
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(HOST);
+        parts.headers.remove(CONTENT_LENGTH);
+        trace::enter(&mut parts.headers);
+        let query = parts.uri.query().map(str::to_owned);
+        let body = body::boxed(Limited::new(body, self.max_body));
+        self.deliver(parts.method, &method, query.as_deref(), parts.headers, body)
+            .await
+    }
+
+    /// Calls this sidecar's own app.
+    async fn deliver(
+        &self,
+        verb: http::Method,
+        method: &Method,
+        query: Option<&str>,
+        headers: HeaderMap,
+        body: Body,
+    ) -> Result<Response<Body>, Cause> {
+        let app = self.app.as_ref().ok_or(Cause::NoAppChannel)?;
+        let url = join_url(&app.base, method, query);
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Cause::InvalidUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let head = verb == http::Method::HEAD;
+        let mut req = Request::new(body);
+        *req.method_mut() = verb.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        match app.send(req).await {
+            Ok(resp) => {
+                let mut resp = body::frame_upstream(resp, head).await;
+                headers::sanitize_response(resp.headers_mut());
+                Ok(resp)
+            }
+            Err(e) => {
+                if let Some(limit) = find_too_large(&e) {
+                    return Err(Cause::BodyTooLarge { limit });
+                }
+                Err(Cause::AppChannel(format!("{verb} {url}: {}", chain(&e))))
+            }
+        }
+    }
+}
+
+/// `base` + `/method` + `?query`.
+fn join_url(base: &str, method: &Method, query: Option<&str>) -> String {
+    let mut url = String::with_capacity(base.len() + method.as_str().len() + 2);
+    url.push_str(base);
+    url.push_str(&method.path());
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// An error and its sources, joined with ": ".
+pub fn chain(e: &(dyn StdError + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn find_in_chain<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && let Some(t) = io.get_ref().and_then(|inner| inner.downcast_ref::<T>())
+        {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
+}

@@ -1,0 +1,420 @@
+//! The only module that binds sockets: the HTTP API, the internal (sidecar-to-sidecar) port and
+//! the optional public health port; registration; graceful shutdown.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use http::{Request, Response};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+use crate::{
+    api::{self, Health},
+    body::Body,
+    config::{Mode, SidecarArgs},
+    endpoints,
+    proxy::{Sidecar, SidecarParts},
+    registry::{Entry, Registration, RegistryResolver, now_unix},
+    upstream::{AppChannel, GuardedResolver, http_client, native_roots_tls},
+};
+
+/// Why the sidecar could not start; each names the flag or file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} (--{flag}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        flag: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Resources(#[from] endpoints::LoadError),
+    #[error(
+        "cannot register in {dir} (set FERRY_HOME or --ferry-home to a writable directory): {source}"
+    )]
+    Register {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What `ferry run` adds to the registry entry.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    pub command: Vec<String>,
+}
+
+/// A started sidecar.
+pub struct Running {
+    pub http_addrs: Vec<SocketAddr>,
+    pub internal_addr: SocketAddr,
+    pub public_addr: Option<SocketAddr>,
+    pub entry: Entry,
+    registration: Option<Registration>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    background: JoinSet<()>,
+    grace: Duration,
+}
+
+/// Binds every port, loads resources, registers, and starts serving.
+pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartError> {
+    let Mode::Standalone = args.mode;
+    let endpoints = endpoints::load(&args.resources_path, &args.app_id, &args.namespace)?;
+    if !endpoints.is_empty() {
+        tracing::info!(endpoints = ?endpoints.names(), "loaded HTTPEndpoints");
+    }
+    let resolver = Arc::new(RegistryResolver::new(args.registry_dir()));
+    let app = args.app_port.map(|port| {
+        AppChannel::new(
+            args.effective_app_protocol(),
+            &args.app_channel_address,
+            port,
+        )
+    });
+    let fqdn = (!args.disable_fqdn_invocation)
+        .then(|| http_client(native_roots_tls(), guard(args), false));
+    let sidecar = Arc::new(Sidecar::new(SidecarParts {
+        app_id: args.app_id.clone(),
+        namespace: args.namespace.clone(),
+        app,
+        resolver: resolver.clone(),
+        fqdn,
+        allow_link_local: args.allow_fqdn_link_local,
+        endpoints,
+        max_body: args.max_body_size,
+        host_ip: args.host_ip,
+        hostname: hostname(),
+    }));
+    let health = Arc::new(Health::default());
+
+    // Bind everything before serving anything, so a busy port fails the start cleanly.
+    let http_listeners = bind_http(args).await?;
+    let http_addrs: Vec<SocketAddr> = http_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let internal_bind = SocketAddr::new(
+        args.dapr_internal_grpc_listen_address,
+        args.dapr_internal_grpc_port.unwrap_or(0),
+    );
+    let internal = bind(internal_bind, "dapr-internal-grpc-port").await?;
+    let internal_addr = internal
+        .local_addr()
+        .expect("a bound socket has an address");
+    let public = match args.dapr_public_port {
+        Some(p) => Some(
+            bind(
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p),
+                "dapr-public-port",
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let public_addr = public.as_ref().and_then(|l| l.local_addr().ok());
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let grace = args.graceful_shutdown();
+    let mut tasks = JoinSet::new();
+    let api_builder = http_builder(args, false);
+    for listener in http_listeners {
+        let (sc, h) = (sidecar.clone(), health.clone());
+        let svc = move |req| {
+            let (sc, h) = (sc.clone(), h.clone());
+            async move { Ok::<_, Infallible>(api::serve_api(sc, h, req).await) }
+        };
+        tasks.spawn(serve(
+            listener,
+            api_builder.clone(),
+            svc,
+            shutdown_rx.clone(),
+            grace,
+        ));
+    }
+    {
+        let sc = sidecar.clone();
+        let svc = move |req| {
+            let sc = sc.clone();
+            async move { Ok::<_, Infallible>(sc.inbound(req).await) }
+        };
+        tasks.spawn(serve(
+            internal,
+            http_builder(args, true),
+            svc,
+            shutdown_rx.clone(),
+            grace,
+        ));
+    }
+    if let Some(listener) = public {
+        let (sc, h) = (sidecar.clone(), health.clone());
+        let svc = move |req| {
+            let (sc, h) = (sc.clone(), h.clone());
+            async move { Ok::<_, Infallible>(api::serve_public(sc, h, req).await) }
+        };
+        tasks.spawn(serve(
+            listener,
+            api_builder.clone(),
+            svc,
+            shutdown_rx.clone(),
+            grace,
+        ));
+    }
+
+    let mut background = JoinSet::new();
+    resolver.rescan().await;
+    health.outbound_ready.store(true, Ordering::Release);
+    background.spawn(resolver.clone().refresh_forever());
+    match args.app_port {
+        None => health.app_ready.store(true, Ordering::Release),
+        Some(port) => {
+            let (h, addr) = (health.clone(), args.app_channel_address.clone());
+            background.spawn(async move { wait_for_app(&addr, port, &h).await });
+        }
+    }
+
+    let entry = Entry {
+        app_id: args.app_id.to_string(),
+        namespace: args.namespace.to_string(),
+        internal_address: reachable(internal_addr),
+        http_port: http_addrs
+            .first()
+            .map(|a| a.port())
+            .unwrap_or(args.dapr_http_port),
+        grpc_port: args.dapr_grpc_port,
+        app_port: args.app_port,
+        app_protocol: args.effective_app_protocol().as_str().to_owned(),
+        pid: std::process::id(),
+        app_pid: None,
+        command: info.command,
+        started_at: now_unix(),
+    };
+    let dir = args.registry_dir();
+    let registration =
+        Registration::create(&dir, &entry).map_err(|source| StartError::Register {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    tracing::info!(
+        app_id = %args.app_id,
+        namespace = %args.namespace,
+        http = ?http_addrs,
+        internal = %internal_addr,
+        public = ?public_addr,
+        "sidecar is serving"
+    );
+    Ok(Running {
+        http_addrs,
+        internal_addr,
+        public_addr,
+        entry,
+        registration: Some(registration),
+        shutdown,
+        tasks,
+        background,
+        grace,
+    })
+}
+
+impl Running {
+    /// Records the app's process in the registry entry.
+    pub fn set_app_pid(&mut self, pid: u32) {
+        self.entry.app_pid = Some(pid);
+        if let Some(r) = &mut self.registration
+            && let Err(e) = r.update(&self.entry)
+        {
+            tracing::warn!(error = %e, "cannot update the registry entry");
+        }
+    }
+
+    /// The HTTP API port apps should use.
+    pub fn http_port(&self) -> u16 {
+        self.entry.http_port
+    }
+
+    /// Deregisters, stops accepting, and lets in-flight requests finish within the grace period.
+    pub async fn shutdown(mut self) {
+        drop(self.registration.take());
+        let _ = self.shutdown.send(true);
+        let deadline = self.grace + Duration::from_secs(1);
+        let _ = tokio::time::timeout(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        self.background.abort_all();
+        tracing::info!("sidecar stopped");
+    }
+
+    /// Waits until one of the servers stops on its own (it should not).
+    pub async fn wait(&mut self) {
+        let _ = self.tasks.join_next().await;
+    }
+}
+
+fn guard(args: &SidecarArgs) -> GuardedResolver {
+    if args.allow_fqdn_link_local {
+        GuardedResolver::open()
+    } else {
+        GuardedResolver::guarded()
+    }
+}
+
+/// The address other sidecars should dial for a listener (an unspecified address means "all
+/// interfaces", which on one machine is reached through loopback).
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, flag, source })
+}
+
+/// Binds the HTTP API: on the given addresses, or on 127.0.0.1 and (when the machine has IPv6)
+/// [::1]. Port 0 picks a free port, the same one on every address.
+async fn bind_http(args: &SidecarArgs) -> Result<Vec<TcpListener>, StartError> {
+    let explicit = !args.dapr_listen_addresses.is_empty();
+    let addrs: Vec<IpAddr> = if explicit {
+        args.dapr_listen_addresses.clone()
+    } else {
+        vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+    };
+    let mut port = args.dapr_http_port;
+    let mut out = Vec::new();
+    for (i, ip) in addrs.into_iter().enumerate() {
+        let addr = SocketAddr::new(ip, port);
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                if port == 0 {
+                    port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+                }
+                out.push(l);
+            }
+            Err(source) if !explicit && i > 0 => {
+                tracing::debug!(%addr, error = %source, "not listening on IPv6 loopback");
+            }
+            Err(source) => {
+                return Err(StartError::Bind {
+                    addr,
+                    flag: "dapr-http-port",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn http_builder(args: &SidecarArgs, internal: bool) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    let head_limit = args.read_buffer_size as usize;
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(args.read_header_timeout_seconds))
+        .max_buf_size(head_limit.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(head_limit.max(8192) as u32)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .adaptive_window(true);
+    if internal {
+        b = b.http2_only();
+    }
+    b
+}
+
+/// Accepts connections until shutdown, then waits (up to the grace period) for the open ones.
+async fn serve<S, F>(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    svc: S,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service_fn(svc.clone()));
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "in-flight requests did not finish within the grace period"
+        );
+    }
+}
+
+async fn wait_for_app(addr: &str, port: u16, health: &Health) {
+    loop {
+        if tokio::net::TcpStream::connect((addr, port)).await.is_ok() {
+            tracing::info!(port, "app is listening");
+            health.app_ready.store(true, Ordering::Release);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The machine's host name (the pod name on Kubernetes), for `X-Forwarded-Host`.
+pub fn hostname() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
