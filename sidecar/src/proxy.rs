@@ -496,6 +496,8 @@ impl<R: Resolve> Sidecar<R> {
             Ok(resp) => {
                 let mut resp = body::frame_upstream(resp, head).await;
                 headers::sanitize_response(resp.headers_mut());
+                // Only this sidecar may mark an answer as its own error.
+                resp.headers_mut().remove(names::FERRY_ERROR);
                 Ok(resp)
             }
             Err(e) => {

@@ -211,7 +211,12 @@ impl RegistryResolver {
         Self {
             dir,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            scanned_at: ArcSwap::from_pointee(Instant::now() - Duration::from_secs(3600)),
+            // "Long ago", so the first lookup scans (checked: a young machine's clock starts near 0).
+            scanned_at: ArcSwap::from_pointee(
+                Instant::now()
+                    .checked_sub(Duration::from_secs(3600))
+                    .unwrap_or_else(Instant::now),
+            ),
             refresh: tokio::sync::Mutex::new(()),
         }
     }
