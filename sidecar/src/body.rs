@@ -124,7 +124,7 @@ impl HttpBody for Lenient {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.0).poll_frame(cx) {
-            Poll::Ready(Some(Err(e))) if e.is_incomplete_message() => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) if ended_early(&e) => Poll::Ready(None),
             other => other.map_err(Into::into),
         }
     }
@@ -134,6 +134,24 @@ impl HttpBody for Lenient {
     }
 
     // The size hint is left unknown on purpose: the declared length is not to be trusted.
+}
+
+/// Whether the upstream closed its connection cleanly before sending the length it declared
+/// (as opposed to a reset, which stays an error).
+fn ended_early(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// Responses up to this declared size are read whole so that the caller gets an exact

@@ -18,6 +18,8 @@ pub fn init(level: LogLevel, json: bool) {
     if json {
         let _ = builder.json().try_init();
     } else {
-        let _ = builder.with_target(false).try_init();
+        use std::io::IsTerminal as _;
+        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let _ = builder.with_target(false).with_ansi(ansi).try_init();
     }
 }
