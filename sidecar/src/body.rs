@@ -2,6 +2,10 @@
 
 use std::{
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -59,6 +63,7 @@ pub struct Limited<B> {
     inner: B,
     remaining: u64,
     limit: u64,
+    tripped: Arc<AtomicBool>,
 }
 
 impl<B> Limited<B> {
@@ -67,7 +72,14 @@ impl<B> Limited<B> {
             inner,
             remaining: limit,
             limit,
+            tripped: Arc::default(),
         }
+    }
+
+    /// Becomes true once the body went over the limit. The error itself can be lost on the way
+    /// (an HTTP/2 client turns a failed request body into a bare stream reset).
+    pub fn tripped(&self) -> Arc<AtomicBool> {
+        self.tripped.clone()
     }
 }
 
@@ -89,6 +101,7 @@ where
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > this.remaining {
+                        this.tripped.store(true, Ordering::Release);
                         return Poll::Ready(Some(Err(Box::new(TooLarge { limit: this.limit }))));
                     }
                     this.remaining -= n;

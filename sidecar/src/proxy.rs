@@ -303,6 +303,7 @@ impl<R: Resolve> Sidecar<R> {
         // A request whose length is known can go to another instance when the first cannot be
         // reached; one of unknown length gets exactly one attempt (it is never buffered).
         let fixed = body.size_hint().exact().is_some();
+        let tripped = body.tripped();
         let attempts = if fixed { MAX_ATTEMPTS } else { 1 };
         let path_and_query = match query {
             Some(q) => format!("{}?{q}", method.path()),
@@ -346,6 +347,11 @@ impl<R: Resolve> Sidecar<R> {
                     self.peers.evict(addr);
                     if let Some(limit) = find_too_large(e.error()) {
                         return Err(fail(Cause::BodyTooLarge { limit }));
+                    }
+                    if tripped.load(std::sync::atomic::Ordering::Acquire) {
+                        return Err(fail(Cause::BodyTooLarge {
+                            limit: self.max_body,
+                        }));
                     }
                     last_error = format!("sidecar of {id} at {addr}: {}", chain(e.error()));
                     match e.take_message() {

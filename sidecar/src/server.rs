@@ -6,7 +6,10 @@ use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -128,6 +131,7 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let grace = args.graceful_shutdown();
+    let first_request = Duration::from_secs(args.read_header_timeout_seconds);
     let mut tasks = JoinSet::new();
     let api_builder = http_builder(args, false);
     for listener in http_listeners {
@@ -142,6 +146,7 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
             svc,
             shutdown_rx.clone(),
             grace,
+            first_request,
         ));
     }
     {
@@ -156,6 +161,7 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
             svc,
             shutdown_rx.clone(),
             grace,
+            first_request,
         ));
     }
     if let Some(listener) = public {
@@ -170,6 +176,7 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
             svc,
             shutdown_rx.clone(),
             grace,
+            first_request,
         ));
     }
 
@@ -347,12 +354,14 @@ fn http_builder(args: &SidecarArgs, internal: bool) -> auto::Builder<TokioExecut
 }
 
 /// Accepts connections until shutdown, then waits (up to the grace period) for the open ones.
+/// A connection whose first request has not arrived within `first_request` is closed.
 async fn serve<S, F>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
     svc: S,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    first_request: Duration,
 ) where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
@@ -371,10 +380,34 @@ async fn serve<S, F>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service_fn(svc.clone()));
+                // hyper times out a slow HTTP/1 head, but not a connection still being sniffed for
+                // the HTTP/2 preface (fewer than 24 bytes sent) nor an HTTP/2 connection that
+                // never sends a request: either would hold a socket forever (slowloris).
+                let started = Arc::new(AtomicBool::new(false));
+                let svc = {
+                    let (svc, started) = (svc.clone(), started.clone());
+                    move |req| {
+                        started.store(true, Ordering::Release);
+                        svc(req)
+                    }
+                };
+                // Not `serve_connection_with_upgrades`: it ignores `http2_only()`, so the internal
+                // port would speak HTTP/1.1 too; the sidecar never upgrades a connection.
+                let conn = builder.serve_connection(TokioIo::new(stream), service_fn(svc));
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    tokio::pin!(conn);
+                    let ended = tokio::select! {
+                        ended = &mut conn => ended,
+                        _ = tokio::time::sleep(first_request) => {
+                            if !started.load(Ordering::Acquire) {
+                                tracing::debug!("closing a connection that sent no request in time");
+                                return;
+                            }
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
