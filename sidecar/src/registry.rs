@@ -201,8 +201,6 @@ pub struct RegistryResolver {
     refresh: tokio::sync::Mutex<()>,
 }
 
-/// How old a snapshot may be before a miss rescans the directory.
-const MISS_RESCAN_AFTER: Duration = Duration::from_millis(50);
 /// How often the background task rescans.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
@@ -230,11 +228,11 @@ impl RegistryResolver {
         if let Some(found) = self.lookup(app, ns) {
             return Ok(found);
         }
-        if self.scanned_at.load().elapsed() >= MISS_RESCAN_AFTER {
-            self.rescan().await;
-            if let Some(found) = self.lookup(app, ns) {
-                return Ok(found);
-            }
+        // A miss looks at the directory again (an app may have just started). Concurrent misses
+        // share one scan, so a flood of calls to an unknown app costs one scan at a time.
+        self.rescan().await;
+        if let Some(found) = self.lookup(app, ns) {
+            return Ok(found);
         }
         Err(format!(
             "no running sidecar has registered app ID '{app}' in namespace '{ns}' under {} (start it with: ferry run --app-id {app} ...)",
@@ -367,7 +365,6 @@ mod tests {
         let err = r.resolve(&cart, &ns).await.unwrap_err();
         assert!(err.contains("cart") && err.contains("default"), "{err}");
         let _reg = Registration::create(&dir, &entry("cart", 40004)).unwrap();
-        tokio::time::sleep(MISS_RESCAN_AFTER).await;
         let found = r.resolve(&cart, &ns).await.unwrap();
         assert_eq!(found.addrs, vec![SocketAddr::from(([127, 0, 0, 1], 40004))]);
         let _ = fs::remove_dir_all(&dir);

@@ -263,3 +263,64 @@ async fn h2c_app_protocol() {
     assert_eq!(e.path(), "/h2?x=1");
     assert_eq!(e.body(), "body");
 }
+
+/// `--app-protocol https` (and the deprecated `--app-ssl`) reach an app with a self-signed
+/// certificate, which Dapr's app channel does not verify either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_app_protocol_accepts_a_self_signed_app() {
+    use std::sync::Arc;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+        cert.signing_key.serialize_der(),
+    ));
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TestApp::serve(
+        "tls-app",
+        listener,
+        Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+    );
+    let mesh = Mesh::new("https-app");
+    let _b = mesh
+        .sidecar("b")
+        .app_port(app.port)
+        .args(&["--app-protocol", "https"])
+        .start()
+        .await;
+    let _c = mesh
+        .sidecar("c")
+        .app_port(app.port)
+        .args(&["--app-ssl"])
+        .start()
+        .await;
+    let a = mesh.sidecar("a").start().await;
+    for target in ["b", "c"] {
+        let resp = call(
+            "POST",
+            &a.url(&format!("/v1.0/invoke/{target}/method/secure?q=1")),
+            &[],
+            "body",
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{target}: {}", resp.text());
+        let e = resp.echo();
+        assert_eq!(e.path(), "/secure?q=1");
+        assert_eq!(e.body(), "body");
+    }
+    // Plain HTTP to a TLS app fails with the app-channel error, not a hang or a crash.
+    let _d = mesh.sidecar("d").app_port(app.port).start_unready().await;
+    let resp = call("GET", &a.url("/v1.0/invoke/d/method/x"), &[], "").await;
+    assert_eq!(resp.status, 500);
+    assert!(
+        resp.text().contains("error invoking app channel"),
+        "{}",
+        resp.text()
+    );
+}
