@@ -6,7 +6,7 @@ mod list;
 mod run;
 
 use clap::{Parser, Subcommand};
-use ferry_sidecar::EX_USAGE;
+use ferry_sidecar::exit_on_clap_error;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,7 +34,7 @@ enum Command {
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => exit_on_clap_error(e),
+        Err(e) => exit_on_clap_error("ferry", e),
     };
     let code = match cli.command {
         Command::Run(args) => run::main(args),
@@ -46,27 +46,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-/// Help and version print as usual; a bad flag gets one line naming it, and exit code 64.
-fn exit_on_clap_error(e: clap::Error) -> ! {
-    use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        e.exit();
-    }
-    let text = e.to_string();
-    let line = text
-        .lines()
-        .next()
-        .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ");
-    eprintln!("ferry: {line}");
-    std::process::exit(EX_USAGE);
 }
 
 /// A current-thread runtime is plenty for the CLI's own work; `run` uses a multi-threaded one.

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use ferry_sidecar::{EX_USAGE, RunInfo, SidecarArgs, logging};
+use ferry_sidecar::{EX_USAGE, RunInfo, SidecarArgs, exit_on_clap_error, logging};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,7 +18,7 @@ struct Cli {
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => exit_on_clap_error(e),
+        Err(e) => exit_on_clap_error("ferryd", e),
     };
     logging::init(cli.sidecar.log_level, cli.sidecar.log_as_json);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -46,20 +46,4 @@ async fn run(args: SidecarArgs) -> i32 {
     }
     running.shutdown().await;
     0
-}
-
-/// Help and version print as usual; a bad flag gets one line naming it, and exit code 64.
-fn exit_on_clap_error(e: clap::Error) -> ! {
-    use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-        e.exit();
-    }
-    let text = e.to_string();
-    let line = text
-        .lines()
-        .next()
-        .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ");
-    eprintln!("ferryd: {line}");
-    std::process::exit(EX_USAGE);
 }
