@@ -138,6 +138,8 @@ impl<R: Resolve> Sidecar<R> {
         mut parts: request::Parts,
         body: Incoming,
     ) -> Result<Response<Body>, InvokeError> {
+        let baggage = trace::baggage(&parts.headers)
+            .map_err(|reason| InvokeError::untargeted(Cause::InvalidBaggage(reason)))?;
         let Some(found) = target::extract(&parts.headers, parts.uri.path()) else {
             return Err(InvokeError::no_target());
         };
@@ -219,6 +221,7 @@ impl<R: Resolve> Sidecar<R> {
         };
         headers::sanitize_response(resp.headers_mut());
         trace::on_response(resp.headers_mut(), span);
+        trace::baggage_on_response(resp.headers_mut(), baggage);
         Ok(resp)
     }
 

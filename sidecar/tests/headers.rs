@@ -308,3 +308,57 @@ async fn stale_content_length_from_the_app_never_reaches_the_client() {
         }
     }
 }
+
+/// Baggage reaches the app as sent, comes back on the response (unless the app sets its own),
+/// and a malformed one is a 400 naming the header, on the remote and on the self path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baggage_is_checked_passed_on_and_returned() {
+    let p = Pair::start("baggage").await;
+    for sc in [&p.a, &p.b] {
+        let r = call(
+            "POST",
+            &sc.url("/v1.0/invoke/b/method/test"),
+            &[("baggage", "key1=value1,key2=value2")],
+            "{}",
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("baggage"), Some("key1=value1,key2=value2"));
+        assert_eq!(
+            r.echo().header("baggage").as_deref(),
+            Some("key1=value1,key2=value2")
+        );
+
+        let none = call("POST", &sc.url("/v1.0/invoke/b/method/test"), &[], "{}").await;
+        assert_eq!(none.header("baggage"), None);
+        assert!(!none.echo().has("baggage"));
+
+        let bad = call(
+            "POST",
+            &sc.url("/v1.0/invoke/b/method/test"),
+            &[("baggage", "invalid-baggage")],
+            "{}",
+        )
+        .await;
+        assert_eq!(bad.status, 400);
+        assert!(
+            bad.text().contains("invalid baggage header"),
+            "{}",
+            bad.text()
+        );
+        assert_eq!(bad.json()["errorCode"], "ERR_MALFORMED_REQUEST");
+    }
+    let before = p.app.request_count();
+    let _ = call(
+        "POST",
+        &p.a.url("/v1.0/invoke/b/method/test"),
+        &[("baggage", "k=a b")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        p.app.request_count(),
+        before,
+        "a refused request never reaches the app"
+    );
+}

@@ -15,6 +15,8 @@ pub const ERR_DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";
 pub enum Cause {
     #[error("failed getting app id either from the URL path or the header dapr-app-id")]
     NoTarget,
+    #[error("invalid baggage header: {0}")]
+    InvalidBaggage(String),
     #[error("invalid app id {0}")]
     InvalidAppId(String),
     #[error(transparent)]
@@ -63,6 +65,7 @@ impl Cause {
     pub fn status(&self) -> StatusCode {
         match self {
             Cause::NoTarget => StatusCode::NOT_FOUND,
+            Cause::InvalidBaggage(_) => StatusCode::BAD_REQUEST,
             Cause::Callee { status, .. } => *status,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +75,7 @@ impl Cause {
     pub fn kind(&self) -> &'static str {
         match self {
             Cause::NoTarget => "no-target",
+            Cause::InvalidBaggage(_) => "invalid-baggage",
             Cause::InvalidAppId(_) => "invalid-app-id",
             Cause::InvalidMethod(_) => "invalid-method",
             Cause::InvalidVerb(_) => "invalid-verb",
@@ -90,11 +94,23 @@ impl Cause {
     }
 }
 
+impl Cause {
+    /// Dapr's `errorCode` for this failure.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            Cause::InvalidBaggage(_) => "ERR_MALFORMED_REQUEST",
+            _ => ERR_DIRECT_INVOKE,
+        }
+    }
+}
+
 /// An invocation that failed in the sidecar, with the target it was for (when known).
 #[derive(Debug)]
 pub struct InvokeError {
     pub target: Option<String>,
     pub cause: Cause,
+    /// Made by a callee sidecar for the calling sidecar (marked with `ferry-error`).
+    from_callee: bool,
 }
 
 impl InvokeError {
@@ -102,14 +118,21 @@ impl InvokeError {
         Self {
             target: Some(target.to_owned()),
             cause: cause.into(),
+            from_callee: false,
+        }
+    }
+
+    /// A failure before any target is known (no target named, a malformed request).
+    pub fn untargeted(cause: Cause) -> Self {
+        Self {
+            target: None,
+            cause,
+            from_callee: false,
         }
     }
 
     pub fn no_target() -> Self {
-        Self {
-            target: None,
-            cause: Cause::NoTarget,
-        }
+        Self::untargeted(Cause::NoTarget)
     }
 
     /// An error made by the callee sidecar (it has no target string of the caller's): the
@@ -118,12 +141,13 @@ impl InvokeError {
         Self {
             target: None,
             cause,
+            from_callee: true,
         }
     }
 
     pub fn message(&self) -> String {
         match (&self.target, &self.cause) {
-            (_, Cause::NoTarget) | (None, _) => self.cause.to_string(),
+            (None, _) => self.cause.to_string(),
             (Some(t), c) => format!("failed to invoke, id: {t}, err: {c}"),
         }
     }
@@ -136,8 +160,9 @@ impl InvokeError {
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
         let kind = self.cause.kind();
-        let callee_made = self.target.is_none() && !matches!(self.cause, Cause::NoTarget);
-        let json = serde_json::json!({"errorCode": ERR_DIRECT_INVOKE, "message": self.message()});
+        let callee_made = self.from_callee;
+        let json =
+            serde_json::json!({"errorCode": self.cause.error_code(), "message": self.message()});
         let mut resp = Response::new(body::full(json.to_string()));
         *resp.status_mut() = status;
         resp.headers_mut()

@@ -4,7 +4,7 @@
 //! and gives each hop its own span ID, so that traces stay connected across sidecars.
 //! `tracestate` and `baggage` pass through untouched.
 
-use ferry_api::headers::TRACEPARENT;
+use ferry_api::headers::{BAGGAGE, TRACEPARENT};
 use http::{HeaderMap, HeaderValue};
 
 /// One span's context: a 128-bit trace ID, a 64-bit span ID and the trace flags.
@@ -118,9 +118,166 @@ pub fn on_response(h: &mut HeaderMap, span: SpanContext) {
     }
 }
 
+/// W3C baggage limits: at most 180 list members and 8192 bytes in all.
+const MAX_BAGGAGE_MEMBERS: usize = 180;
+const MAX_BAGGAGE_BYTES: usize = 8192;
+
+/// Checks the request's `baggage` (all its header lines together) against the W3C format and
+/// returns it, so that it can be given back on the response as Dapr does. `Err` says what is
+/// wrong; the caller answers 400.
+pub fn baggage(h: &HeaderMap) -> Result<Option<HeaderValue>, String> {
+    let mut values = h.get_all(BAGGAGE).iter().peekable();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let combined = if values.peek().is_none() {
+        first.clone()
+    } else {
+        let mut joined = first.as_bytes().to_vec();
+        for v in values {
+            joined.push(b',');
+            joined.extend_from_slice(v.as_bytes());
+        }
+        HeaderValue::from_bytes(&joined).map_err(|_| "it is not valid text".to_string())?
+    };
+    let text = combined
+        .to_str()
+        .map_err(|_| "it is not ASCII text".to_string())?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    if text.len() > MAX_BAGGAGE_BYTES {
+        return Err(format!("it is longer than {MAX_BAGGAGE_BYTES} bytes"));
+    }
+    let members: Vec<&str> = text.split(',').collect();
+    if members.len() > MAX_BAGGAGE_MEMBERS {
+        return Err(format!("it has more than {MAX_BAGGAGE_MEMBERS} members"));
+    }
+    for member in members {
+        check_member(member.trim_matches(OWS))?;
+    }
+    Ok(Some(combined))
+}
+
+const OWS: [char; 2] = [' ', '\t'];
+
+/// `key OWS "=" OWS value *( OWS ";" OWS property )`
+fn check_member(member: &str) -> Result<(), String> {
+    let mut parts = member.split(';');
+    let kv = parts.next().unwrap_or_default();
+    let Some((key, value)) = kv.split_once('=') else {
+        return Err(format!("member {member:?} is not key=value"));
+    };
+    check_key(key.trim_matches(OWS), member)?;
+    check_value(value.trim_matches(OWS), member)?;
+    for prop in parts {
+        let prop = prop.trim_matches(OWS);
+        match prop.split_once('=') {
+            Some((k, v)) => {
+                check_key(k.trim_matches(OWS), member)?;
+                check_value(v.trim_matches(OWS), member)?;
+            }
+            None => check_key(prop, member)?,
+        }
+    }
+    Ok(())
+}
+
+fn check_key(key: &str, member: &str) -> Result<(), String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if key.is_empty() || !key.bytes().all(tchar) {
+        return Err(format!("member {member:?} has an invalid key {key:?}"));
+    }
+    Ok(())
+}
+
+fn check_value(value: &str, member: &str) -> Result<(), String> {
+    let octet = |b: u8| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x3a | 0x3c..=0x5b | 0x5d..=0x7e);
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if !octet(b) {
+            return Err(format!("member {member:?} has an invalid value {value:?}"));
+        }
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return Err(format!(
+                    "member {member:?} has a bad percent-escape in its value"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives a response the request's baggage when the app did not set its own.
+pub fn baggage_on_response(h: &mut HeaderMap, baggage: Option<HeaderValue>) {
+    if let Some(b) = baggage
+        && !h.contains_key(BAGGAGE)
+    {
+        h.insert(BAGGAGE, b);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bag(values: &[&str]) -> Result<Option<String>, String> {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(BAGGAGE, HeaderValue::from_str(v).unwrap());
+        }
+        baggage(&h).map(|o| o.map(|v| v.to_str().unwrap().to_owned()))
+    }
+
+    #[test]
+    fn valid_baggage_passes_as_it_is() {
+        assert_eq!(bag(&[]), Ok(None));
+        assert_eq!(bag(&[""]), Ok(None));
+        for ok in [
+            "key1=value1,key2=value2",
+            "k=v;prop1;prop2=x",
+            " k = v , k2=%20x ",
+            "userId=alice,serverNode=DF%2028,isProduction=false",
+            "k=",
+        ] {
+            assert_eq!(bag(&[ok]), Ok(Some(ok.to_owned())), "{ok:?}");
+        }
+        assert_eq!(bag(&["a=1", "b=2"]), Ok(Some("a=1,b=2".to_owned())));
+    }
+
+    #[test]
+    fn invalid_baggage_is_refused() {
+        for bad in [
+            "invalid-baggage",
+            "k=v,,x=y",
+            "=v",
+            "k y=v",
+            "k=v\"",
+            "k=a b",
+            "k=%zz",
+            "k=v;=p",
+        ] {
+            assert!(bag(&[bad]).is_err(), "{bad:?} should be refused");
+        }
+        let many = vec!["k=v"; 181].join(",");
+        assert!(bag(&[&many]).is_err());
+        let long = format!("k={}", "v".repeat(8200));
+        assert!(bag(&[&long]).is_err());
+    }
+
+    #[test]
+    fn response_gets_the_request_baggage_unless_it_has_its_own() {
+        let b = Some(HeaderValue::from_static("a=1"));
+        let mut h = HeaderMap::new();
+        baggage_on_response(&mut h, b.clone());
+        assert_eq!(h[BAGGAGE], "a=1");
+        let mut own = HeaderMap::new();
+        own.insert(BAGGAGE, HeaderValue::from_static("z=9"));
+        baggage_on_response(&mut own, b);
+        assert_eq!(own[BAGGAGE], "z=9");
+    }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
