@@ -38,8 +38,8 @@ pub async fn serve_api<R: Resolve>(
 ) -> Response<Body> {
     let route = routing_path(req.uri().path());
     match (req.method(), route.as_str()) {
-        (&Verb::GET | &Verb::HEAD, "/v1.0/healthz") => healthz(&sc, &health, req.uri().query()),
-        (&Verb::GET | &Verb::HEAD, "/v1.0/healthz/outbound") => outbound(&health),
+        (&Verb::GET, "/v1.0/healthz") => healthz(&sc, &health, req.uri().query()),
+        (&Verb::GET, "/v1.0/healthz/outbound") => outbound(&health),
         (&Verb::GET, "/v1.0/metadata") => metadata(&sc, &health),
         (&Verb::PUT, key)
             if key.starts_with("/v1.0/metadata/") && key.len() > "/v1.0/metadata/".len() =>
@@ -59,8 +59,8 @@ pub async fn serve_public<R: Resolve>(
 ) -> Response<Body> {
     let route = routing_path(req.uri().path());
     match (req.method(), route.as_str()) {
-        (&Verb::GET | &Verb::HEAD, "/v1.0/healthz") => healthz(&sc, &health, req.uri().query()),
-        (&Verb::GET | &Verb::HEAD, "/v1.0/healthz/outbound") => outbound(&health),
+        (&Verb::GET, "/v1.0/healthz") => healthz(&sc, &health, req.uri().query()),
+        (&Verb::GET, "/v1.0/healthz/outbound") => outbound(&health),
         (&Verb::GET, "/v1.0/metadata") => metadata(&sc, &health),
         _ => json_error(
             StatusCode::NOT_FOUND,
@@ -85,6 +85,21 @@ fn routing_path(path: &str) -> String {
 }
 
 fn healthz<R: Resolve>(sc: &Sidecar<R>, health: &Health, query: Option<&str>) -> Response<Body> {
+    // Readiness first, then the app ID, as Dapr answers.
+    let mut waiting = Vec::new();
+    if !health.app_ready.load(Ordering::Acquire) {
+        waiting.push("app channel");
+    }
+    if !health.outbound_ready.load(Ordering::Acquire) {
+        waiting.push("name resolution");
+    }
+    if !waiting.is_empty() {
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_HEALTH_NOT_READY",
+            &format!("dapr is not ready: [{}]", waiting.join(" ")),
+        );
+    }
     if let Some(want) = query.and_then(|q| {
         q.split('&')
             .filter_map(|kv| kv.split_once('='))
@@ -98,22 +113,7 @@ fn healthz<R: Resolve>(sc: &Sidecar<R>, health: &Health, query: Option<&str>) ->
             "dapr app-id does not match",
         );
     }
-    let mut waiting = Vec::new();
-    if !health.app_ready.load(Ordering::Acquire) {
-        waiting.push("app channel");
-    }
-    if !health.outbound_ready.load(Ordering::Acquire) {
-        waiting.push("name resolution");
-    }
-    if waiting.is_empty() {
-        no_content()
-    } else {
-        json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_HEALTH_NOT_READY",
-            &format!("dapr is not ready: [{}]", waiting.join(" ")),
-        )
-    }
+    no_content()
 }
 
 fn outbound(health: &Health) -> Response<Body> {
@@ -123,7 +123,7 @@ fn outbound(health: &Health) -> Response<Body> {
         json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ERR_OUTBOUND_HEALTH_NOT_READY",
-            "dapr outbound is not ready: [name resolution]",
+            "dapr outbound is not ready",
         )
     }
 }
@@ -221,5 +221,16 @@ mod tests {
         assert_eq!(routing_path("/v1.0//healthz/"), "/v1.0/healthz");
         assert_eq!(routing_path("//"), "/");
         assert_eq!(routing_path("/v1.0/metadata"), "/v1.0/metadata");
+    }
+
+    #[tokio::test]
+    async fn outbound_not_ready_has_daprs_text() {
+        let resp = outbound(&Health::default());
+        assert_eq!(resp.status(), 500);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            body,
+            r#"{"errorCode":"ERR_OUTBOUND_HEALTH_NOT_READY","message":"dapr outbound is not ready"}"#
+        );
     }
 }

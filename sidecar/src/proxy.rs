@@ -30,19 +30,26 @@ use crate::{
 /// Name resolution for app IDs: standalone reads the registry directory; Kubernetes mode will
 /// watch the API.
 pub trait Resolve: Send + Sync + 'static {
-    /// The live instances of `app` in `ns`, or why there are none.
+    /// The live instances of `app` in `ns`, or why there are none. `explicit` says whether the
+    /// target named the namespace (`app.ns`) or it is the caller's own by default.
     fn resolve(
         &self,
         app: &AppId,
         ns: &Namespace,
+        explicit: bool,
     ) -> impl Future<Output = Result<Arc<Instances>, String>> + Send;
     /// An instance could not be reached; the resolver may refresh what it knows.
     fn unreachable(&self) -> impl Future<Output = ()> + Send;
 }
 
 impl Resolve for RegistryResolver {
-    async fn resolve(&self, app: &AppId, ns: &Namespace) -> Result<Arc<Instances>, String> {
-        RegistryResolver::resolve(self, app, ns).await
+    async fn resolve(
+        &self,
+        app: &AppId,
+        ns: &Namespace,
+        explicit: bool,
+    ) -> Result<Arc<Instances>, String> {
+        RegistryResolver::resolve(self, app, ns, explicit).await
     }
 
     async fn unreachable(&self) {
@@ -89,7 +96,11 @@ pub struct SidecarParts<R> {
 /// Where a request goes.
 enum Destination {
     Local,
-    Remote { id: AppId, ns: Namespace },
+    Remote {
+        id: AppId,
+        ns: Namespace,
+        explicit: bool,
+    },
     Endpoint(Arc<Endpoint>),
     Url(String),
 }
@@ -183,9 +194,18 @@ impl<R: Resolve> Sidecar<R> {
                     c => fail(c),
                 })?
             }
-            Destination::Remote { id, ns } => {
-                self.call_remote(&target, &id, &ns, parts, &method, query.as_deref(), body)
-                    .await?
+            Destination::Remote { id, ns, explicit } => {
+                self.call_remote(
+                    &target,
+                    &id,
+                    &ns,
+                    explicit,
+                    parts,
+                    &method,
+                    query.as_deref(),
+                    body,
+                )
+                .await?
             }
             Destination::Endpoint(ep) => {
                 for (name, value) in &ep.headers {
@@ -270,8 +290,9 @@ impl<R: Resolve> Sidecar<R> {
                         return Ok(Destination::Local);
                     }
                 }
+                let explicit = namespace.is_some();
                 let ns = namespace.unwrap_or_else(|| self.namespace.clone());
-                Ok(Destination::Remote { id, ns })
+                Ok(Destination::Remote { id, ns, explicit })
             }
         }
     }
@@ -282,26 +303,28 @@ impl<R: Resolve> Sidecar<R> {
         target: &str,
         id: &AppId,
         ns: &Namespace,
+        explicit: bool,
         mut parts: request::Parts,
         method: &Method,
         query: Option<&str>,
         body: Limited<Incoming>,
     ) -> Result<Response<Body>, InvokeError> {
         let fail = |cause: Cause| InvokeError::new(target, cause);
-        let instances = self.resolver.resolve(id, ns).await.map_err(|reason| {
-            fail(Cause::Resolve {
-                app: id.to_string(),
-                namespace: ns.to_string(),
-                reason,
-            })
-        })?;
+        let instances = self
+            .resolver
+            .resolve(id, ns, explicit)
+            .await
+            .map_err(|reason| {
+                fail(Cause::Resolve {
+                    app: id.to_string(),
+                    namespace: ns.to_string(),
+                    reason,
+                })
+            })?;
         let callee =
             HeaderValue::from_str(id.as_str()).expect("validated IDs are valid header values");
         headers::set_identity(&mut parts.headers, &self.id_value, &self.ns_value, &callee);
         self.forwarded.append_to(&mut parts.headers);
-        let tag = HeaderValue::from_str(&format!("{id}.{ns}"))
-            .expect("validated IDs are valid header values");
-        parts.headers.insert(names::FERRY_CALLEE, tag);
 
         // A request whose length is known can go to another instance when the first cannot be
         // reached; one of unknown length gets exactly one attempt (it is never buffered).
@@ -320,11 +343,15 @@ impl<R: Resolve> Sidecar<R> {
             if attempt > 0 && instances.addrs.len() == 1 {
                 // Perhaps another instance has started, or this one has gone: look again.
                 self.resolver.unreachable().await;
-                if let Ok(fresh) = self.resolver.resolve(id, ns).await {
+                if let Ok(fresh) = self.resolver.resolve(id, ns, explicit).await {
                     instances = fresh;
                 }
             }
             let addr = instances.addrs[(start + attempt) % instances.addrs.len()];
+            // The callee checks that the request is meant for it: app ID and namespace.
+            let tag = HeaderValue::from_str(&format!("{id}.{}", instances.namespace))
+                .expect("validated IDs and namespaces are valid header values");
+            req.headers_mut().insert(names::FERRY_CALLEE, tag);
             let mut sender = match self.peers.ready(addr).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -375,7 +402,8 @@ impl<R: Resolve> Sidecar<R> {
         target: &str,
         resp: Response<Incoming>,
     ) -> Result<Response<Body>, InvokeError> {
-        if resp.headers().contains_key(names::FERRY_ERROR) {
+        if let Some(kind) = resp.headers().get(names::FERRY_ERROR) {
+            let kind = String::from_utf8_lossy(kind.as_bytes()).into_owned();
             let status = resp.status();
             let bytes = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
                 .collect()
@@ -386,7 +414,14 @@ impl<R: Resolve> Sidecar<R> {
                 .ok()
                 .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(InvokeError::new(target, Cause::Callee { status, message }));
+            return Err(InvokeError::new(
+                target,
+                Cause::Callee {
+                    status,
+                    kind,
+                    message,
+                },
+            ));
         }
         Ok(resp.map(body::boxed))
     }

@@ -164,16 +164,18 @@ pub fn scan(dir: &Path) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// The live instances of one app, with a round-robin cursor.
+/// The live instances of one app in one namespace, with a round-robin cursor.
 #[derive(Debug)]
 pub struct Instances {
+    pub namespace: String,
     pub addrs: Vec<SocketAddr>,
     next: AtomicUsize,
 }
 
 impl Instances {
-    pub fn new(addrs: Vec<SocketAddr>) -> Self {
+    pub fn new(namespace: String, addrs: Vec<SocketAddr>) -> Self {
         Self {
+            namespace,
             addrs,
             next: AtomicUsize::new(fastrand::usize(..)),
         }
@@ -224,14 +226,23 @@ impl RegistryResolver {
     }
 
     /// The live instances of `app` in `ns`; `Err` says why there are none.
-    pub async fn resolve(&self, app: &AppId, ns: &Namespace) -> Result<Arc<Instances>, String> {
-        if let Some(found) = self.lookup(app, ns) {
+    ///
+    /// When the target did not name a namespace (`explicit` is false) and the app runs in none
+    /// of the caller's, any other namespace's instances are used: Dapr's standalone mode ignores
+    /// namespaces, and apps started with different `NAMESPACE` values still reach each other.
+    pub async fn resolve(
+        &self,
+        app: &AppId,
+        ns: &Namespace,
+        explicit: bool,
+    ) -> Result<Arc<Instances>, String> {
+        if let Some(found) = self.lookup(app, ns, explicit) {
             return Ok(found);
         }
         // A miss looks at the directory again (an app may have just started). Concurrent misses
         // share one scan, so a flood of calls to an unknown app costs one scan at a time.
         self.rescan().await;
-        if let Some(found) = self.lookup(app, ns) {
+        if let Some(found) = self.lookup(app, ns, explicit) {
             return Ok(found);
         }
         Err(format!(
@@ -240,12 +251,24 @@ impl RegistryResolver {
         ))
     }
 
-    fn lookup(&self, app: &AppId, ns: &Namespace) -> Option<Arc<Instances>> {
-        self.snapshot
-            .load()
+    fn lookup(&self, app: &AppId, ns: &Namespace, explicit: bool) -> Option<Arc<Instances>> {
+        let snapshot = self.snapshot.load();
+        if let Some(found) = snapshot
             .apps
             .get(&(ns.as_str().to_owned(), app.as_str().to_owned()))
-            .cloned()
+        {
+            return Some(found.clone());
+        }
+        if explicit {
+            return None;
+        }
+        // The first namespace in name order, so the choice is stable.
+        snapshot
+            .apps
+            .iter()
+            .filter(|((_, id), _)| id == app.as_str())
+            .min_by(|a, b| a.0.0.cmp(&b.0.0))
+            .map(|(_, inst)| inst.clone())
     }
 
     /// Rebuilds the snapshot from the directory (once at a time; concurrent callers wait for it).
@@ -275,7 +298,7 @@ impl RegistryResolver {
                         // Keep the cursor when nothing changed, so round robin stays even.
                         let inst = match old.apps.get(&k) {
                             Some(prev) if prev.addrs == addrs => prev.clone(),
-                            _ => Arc::new(Instances::new(addrs)),
+                            _ => Arc::new(Instances::new(k.0.clone(), addrs)),
                         };
                         (k, inst)
                     })
@@ -362,11 +385,59 @@ mod tests {
         let r = RegistryResolver::new(dir.clone());
         let cart = AppId::new("cart").unwrap();
         let ns = Namespace::default();
-        let err = r.resolve(&cart, &ns).await.unwrap_err();
+        let err = r.resolve(&cart, &ns, true).await.unwrap_err();
         assert!(err.contains("cart") && err.contains("default"), "{err}");
         let _reg = Registration::create(&dir, &entry("cart", 40004)).unwrap();
-        let found = r.resolve(&cart, &ns).await.unwrap();
+        let found = r.resolve(&cart, &ns, true).await.unwrap();
         assert_eq!(found.addrs, vec![SocketAddr::from(([127, 0, 0, 1], 40004))]);
         let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unqualified_names_fall_back_to_other_namespaces() {
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-reg-ns-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        let mut e = tests_entry("cart", 40011);
+        e.namespace = "prod".into();
+        let _reg = Registration::create(&dir, &e).unwrap();
+        let r = RegistryResolver::new(dir.clone());
+        let cart = AppId::new("cart").unwrap();
+        let default = Namespace::default();
+        let prod = Namespace::new("prod").unwrap();
+        let found = r.resolve(&cart, &default, false).await.unwrap();
+        assert_eq!(found.namespace, "prod");
+        assert!(
+            r.resolve(&cart, &default, true).await.is_err(),
+            "cart.default names a namespace"
+        );
+        assert_eq!(
+            r.resolve(&cart, &prod, true).await.unwrap().namespace,
+            "prod"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn tests_entry(app: &str, port: u16) -> Entry {
+        Entry {
+            app_id: app.into(),
+            namespace: "default".into(),
+            internal_address: SocketAddr::from(([127, 0, 0, 1], port)),
+            http_port: 3500,
+            grpc_port: 50001,
+            app_port: None,
+            app_protocol: "http".into(),
+            pid: std::process::id(),
+            app_pid: None,
+            command: vec![],
+            started_at: now_unix(),
+        }
     }
 }

@@ -163,11 +163,16 @@ async fn namespaces_separate_apps() {
         Some("default")
     );
     assert_eq!(e.header("dapr-callee-app-id").as_deref(), Some("c"));
-    // `c` alone means c in the caller's namespace, where there is none.
-    let msg = get(&a.url("/v1.0/invoke/c/method/x"))
+    // `c.default` names the caller's namespace, where there is no c.
+    let msg = get(&a.url("/v1.0/invoke/c.default/method/x"))
         .await
         .invoke_error(500);
     assert!(msg.contains("'default'"), "{msg}");
+    // `c` alone prefers the caller's namespace, and (as Dapr's standalone mode, which ignores
+    // namespaces) falls back to another one when the app runs only there.
+    let e = get(&a.url("/v1.0/invoke/c/method/x")).await.echo();
+    assert_eq!(e.app(), "c-prod");
+    assert_eq!(e.header("dapr-callee-app-id").as_deref(), Some("c"));
     // From inside prod, `c` is self and `c.prod` too.
     let e = get(&c.url("/v1.0/invoke/c/method/x")).await.echo();
     assert_eq!(e.header("dapr-caller-namespace").as_deref(), Some("prod"));

@@ -58,7 +58,12 @@ pub enum Cause {
     #[error("request was meant for app {wanted:?}, but this sidecar serves {own:?}")]
     WrongCallee { wanted: String, own: String },
     #[error("{message}")]
-    Callee { status: StatusCode, message: String },
+    Callee {
+        status: StatusCode,
+        /// The callee's `ferry-error` kind.
+        kind: String,
+        message: String,
+    },
 }
 
 impl Cause {
@@ -95,6 +100,22 @@ impl Cause {
 }
 
 impl Cause {
+    /// Dapr reports these failures as gRPC statuses, so its messages read
+    /// `rpc error: code = <Code> desc = <text>`; tools and tests match on that.
+    fn grpc_prefix(&self) -> &'static str {
+        match self {
+            Cause::InvalidMethod(_) => "rpc error: code = InvalidArgument desc = ",
+            Cause::Callee { status, .. } if *status == StatusCode::FORBIDDEN => {
+                "rpc error: code = PermissionDenied desc = "
+            }
+            Cause::Callee { kind, .. } if kind == "invalid-method" => {
+                "rpc error: code = InvalidArgument desc = "
+            }
+            Cause::Callee { .. } => "rpc error: code = Internal desc = ",
+            _ => "",
+        }
+    }
+
     /// Dapr's `errorCode` for this failure.
     pub fn error_code(&self) -> &'static str {
         match self {
@@ -148,7 +169,7 @@ impl InvokeError {
     pub fn message(&self) -> String {
         match (&self.target, &self.cause) {
             (None, _) => self.cause.to_string(),
-            (Some(t), c) => format!("failed to invoke, id: {t}, err: {c}"),
+            (Some(t), c) => format!("failed to invoke, id: {t}, err: {}{c}", c.grpc_prefix()),
         }
     }
 
@@ -208,6 +229,27 @@ mod tests {
         assert_eq!(
             json_of(resp).await["message"],
             "failed to invoke, id: a.b.c, err: invalid app id a.b.c"
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_flavoured_texts_as_dapr_writes_them() {
+        let method = crate::invoke::Method::normalize(b"a#b").unwrap_err();
+        let resp = InvokeError::new("b", Cause::InvalidMethod(method)).into_response();
+        assert_eq!(
+            json_of(resp).await["message"],
+            "failed to invoke, id: b, err: rpc error: code = InvalidArgument desc = invalid method: method contains forbidden character: \"a#b\""
+        );
+        let callee = Cause::Callee {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "no-app-channel".into(),
+            message: "app channel is not initialized".into(),
+        };
+        let resp = InvokeError::new("b", callee).into_response();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(
+            json_of(resp).await["message"],
+            "failed to invoke, id: b, err: rpc error: code = Internal desc = app channel is not initialized"
         );
     }
 

@@ -9,13 +9,14 @@
 
 use std::fmt;
 
-/// Why a method was refused. The texts follow Dapr's (`invalid method: ...`).
+/// Why a method was refused. The texts are Dapr's (`invalid method: ...`), with the method quoted
+/// as Go's `%q` quotes it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MethodError {
-    #[error("invalid method: method contains forbidden character: {0:?}")]
-    ForbiddenChar(char),
-    #[error("invalid method: method contains forbidden control character 0x{0:02x}")]
-    ControlChar(u8),
+    #[error("invalid method: method contains forbidden character: {0}")]
+    ForbiddenChar(Quoted),
+    #[error("invalid method: method contains control character at position {at}: {method}")]
+    ControlChar { at: usize, method: Quoted },
     #[error("invalid method: invalid URL escape {0:?}")]
     BadEscape(String),
     #[error("invalid method: method contains an encoded dot segment {0:?} (\"..\" or \".\")")]
@@ -24,10 +25,46 @@ pub enum MethodError {
     NotCanonical(String),
 }
 
+/// A method as Go's `%q` prints it (what Dapr's error texts show).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quoted(pub String);
+
+impl Quoted {
+    fn of(bytes: &[u8]) -> Self {
+        let mut out = String::with_capacity(bytes.len() + 2);
+        out.push('"');
+        for chunk in bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    '\t' => out.push_str("\\t"),
+                    '\0'..='\x1f' | '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+        out.push('"');
+        Self(out)
+    }
+}
+
+impl fmt::Display for Quoted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A normalized method path, without its leading `/`.
 ///
 /// The text is what goes on the wire: percent-decoded once, lexically cleaned (no `.` or `..`
-/// segments, no empty segments, no trailing slash), and percent-encoded where a URI path needs it.
+/// segments, no empty segments; a trailing slash is kept, as Dapr keeps it since dapr#7686), and
+/// percent-encoded where a URI path needs it.
 /// `%XX` sequences that were in the decoded method stay as they are, so a client that
 /// double-encodes (`%252F`) reaches the app with `%2F`, as with Dapr.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -36,15 +73,19 @@ pub struct Method(String);
 impl Method {
     /// Normalizes a percent-decoded method (bytes, since a decoded path need not be UTF-8).
     pub fn normalize(decoded: &[u8]) -> Result<Self, MethodError> {
-        for &b in decoded {
-            match b {
-                b'#' | b'?' => return Err(MethodError::ForbiddenChar(b as char)),
-                0 => return Err(MethodError::ForbiddenChar('\0')),
-                0x01..=0x1f | 0x7f => return Err(MethodError::ControlChar(b)),
-                _ => {}
-            }
-        }
+        // Cleaned first, as Dapr's HTTP API does (it cleans the decoded path before checking it):
+        // a character in a segment that `..` removes is never delivered, so it does not count;
+        // `public%23/../admin` is `admin`, checked and delivered as such.
         let cleaned = clean(decoded);
+        if cleaned.iter().any(|b| matches!(b, b'#' | b'?' | 0)) {
+            return Err(MethodError::ForbiddenChar(Quoted::of(&cleaned)));
+        }
+        if let Some(at) = cleaned.iter().position(|b| matches!(b, 0x01..=0x1f | 0x7f)) {
+            return Err(MethodError::ControlChar {
+                at,
+                method: Quoted::of(&cleaned),
+            });
+        }
         let encoded = encode(&cleaned)?;
         check_encoded_dot_segments(&encoded)?;
         Ok(Self(encoded))
@@ -89,7 +130,8 @@ impl fmt::Display for Method {
 
 /// Lexical cleaning with POSIX `path.Clean` semantics for a relative path, then dropping what
 /// would climb above the root: `admin/../public` is `public`, `../../etc/passwd` is `etc/passwd`,
-/// `.` and `..` are empty. Leading and repeated slashes collapse; a trailing slash is dropped.
+/// `.` and `..` are empty. Leading and repeated slashes collapse; a trailing slash stays (apps
+/// may tell `/x` from `/x/`), except on the root.
 fn clean(path: &[u8]) -> Vec<u8> {
     let mut out: Vec<&[u8]> = Vec::new();
     for seg in path.split(|b| *b == b'/') {
@@ -101,7 +143,11 @@ fn clean(path: &[u8]) -> Vec<u8> {
             s => out.push(s),
         }
     }
-    out.join(&b'/')
+    let mut cleaned = out.join(&b'/');
+    if !cleaned.is_empty() && path.ends_with(b"/") {
+        cleaned.push(b'/');
+    }
+    cleaned
 }
 
 /// Bytes a URI path segment may carry as they are (RFC 3986 `pchar` without `%`, plus `/`).
@@ -198,7 +244,12 @@ mod tests {
             ("..", ""),
             ("foo", "foo"),
             ("/foo", "foo"),
-            ("//foo//bar/", "foo/bar"),
+            ("//foo//bar/", "foo/bar/"),
+            ("foo/bar/", "foo/bar/"),
+            ("admin/../public/", "public/"),
+            ("/foo//bar//", "foo/bar/"),
+            ("./", ""),
+            ("a/../", ""),
             ("foo/bar/baz", "foo/bar/baz"),
             ("admin/../public", "public"),
             ("../../etc/passwd", "etc/passwd"),
@@ -218,18 +269,70 @@ mod tests {
 
     #[test]
     fn refuses_forbidden_characters() {
+        // Dapr's texts, with the method quoted as Go's %q does.
         for (input, want) in [
-            ("a#b", MethodError::ForbiddenChar('#')),
-            ("a?b", MethodError::ForbiddenChar('?')),
-            ("a\0b", MethodError::ForbiddenChar('\0')),
-            ("a\x1fb", MethodError::ControlChar(0x1f)),
-            ("a\rb", MethodError::ControlChar(b'\r')),
-            ("a\nb", MethodError::ControlChar(b'\n')),
-            ("a\tb", MethodError::ControlChar(b'\t')),
-            ("a\x7fb", MethodError::ControlChar(0x7f)),
+            (
+                "a#b",
+                r#"invalid method: method contains forbidden character: "a#b""#,
+            ),
+            (
+                "x/a?b",
+                r#"invalid method: method contains forbidden character: "x/a?b""#,
+            ),
+            (
+                "a\0b",
+                r#"invalid method: method contains forbidden character: "a\x00b""#,
+            ),
+            (
+                "a\"#",
+                r##"invalid method: method contains forbidden character: "a\"#""##,
+            ),
+            (
+                "a\x1fb",
+                r#"invalid method: method contains control character at position 1: "a\x1fb""#,
+            ),
+            (
+                "ab\rc",
+                r#"invalid method: method contains control character at position 2: "ab\rc""#,
+            ),
+            (
+                "a\nb",
+                r#"invalid method: method contains control character at position 1: "a\nb""#,
+            ),
+            (
+                "a\tb",
+                r#"invalid method: method contains control character at position 1: "a\tb""#,
+            ),
+            (
+                "a\x7fb",
+                r#"invalid method: method contains control character at position 1: "a\x7fb""#,
+            ),
         ] {
-            assert_eq!(norm(input), Err(want), "input {input:?}");
+            assert_eq!(
+                norm(input).unwrap_err().to_string(),
+                want,
+                "input {input:?}"
+            );
         }
+    }
+
+    #[test]
+    fn checks_what_remains_after_cleaning() {
+        // Dapr cleans the decoded HTTP path before checking it: a forbidden character in a
+        // segment that `..` removes is never delivered.
+        for (input, want) in [
+            ("public#/../admin", "admin"),
+            ("public?/../admin", "admin"),
+            ("public\r/../admin", "admin"),
+            ("public#\0/../admin", "admin"),
+            ("x\n/..", ""),
+        ] {
+            assert_eq!(norm(input).as_deref(), Ok(want), "input {input:?}");
+        }
+        assert!(matches!(
+            norm("admin/../pub#lic"),
+            Err(MethodError::ForbiddenChar(_))
+        ));
     }
 
     #[test]
@@ -264,7 +367,15 @@ mod tests {
 
     #[test]
     fn canonical_form_is_a_fixed_point() {
-        for input in ["a b", "x/%2F/y", "caf\u{e9}", "../a//b/", "[q]", "a\"b"] {
+        for input in [
+            "a b",
+            "x/%2F/y",
+            "caf\u{e9}",
+            "../a//b/",
+            "[q]",
+            "a\"b",
+            "x/y/",
+        ] {
             let once = Method::normalize(input.as_bytes()).unwrap();
             let twice = Method::normalize(once.as_str().as_bytes()).unwrap();
             assert_eq!(once, twice, "input {input:?}");
@@ -274,7 +385,7 @@ mod tests {
 
     #[test]
     fn from_wire_refuses_non_canonical_paths() {
-        for wire in ["a/../b", "a//b", "a/", "/a", "a b"] {
+        for wire in ["a/../b", "a//b", "a//", "/a", "a b"] {
             assert!(
                 matches!(Method::from_wire(wire), Err(MethodError::NotCanonical(_))),
                 "wire {wire:?}"
