@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples clean
+.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl
 
 all: build
 
@@ -27,6 +27,18 @@ unit: ## Tier 0: pure unit tests and real processes on loopback
 
 samples: ## The demo, with every answer checked
 	bash deploy/samples/demo.sh --check
+
+cluster-build: ## Tier 1: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
+	bash e2e/controlplane/build.sh
+
+cluster-up: ## Tier 1: start the test cluster in netns ferry-e2e (root)
+	bash e2e/controlplane/up.sh
+
+cluster-down: ## Tier 1: stop the test cluster and everything in its network namespaces
+	bash e2e/controlplane/down.sh
+
+kubectl: ## kubectl inside the test cluster: make kubectl ARGS='get pods -A'
+	@bash e2e/controlplane/kubectl.sh $(ARGS)
 
 clean:
 	$(CARGO) clean
