@@ -203,7 +203,7 @@ else
   step "Building ferry (cargo build -p ferry-cli)"
   need cargo "needed to build ferry; or set FERRY_BIN to a built ferry binary"
   (cd "$ROOT" && cargo build --quiet -p ferry-cli) || die "cargo build -p ferry-cli failed"
-  FERRY="$ROOT/target/debug/ferry"
+  FERRY="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ferry"
 fi
 
 # ---------------------------------------------------------------------------- 3 + 4. start apps
