@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl
+.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e
 
 all: build
 
@@ -11,7 +11,7 @@ build: ## Build every binary (ferry, ferryd)
 demo: ## Two sample apps calling each other through sidecars, standalone
 	bash deploy/samples/demo.sh
 
-test: fmt-check lint unit samples ## Every test tier this machine can run
+test: fmt-check lint unit samples e2e ## Every test tier this machine can run (0 and 1)
 
 fmt:
 	$(CARGO) fmt --all
@@ -31,11 +31,14 @@ samples: ## The demo, with every answer checked
 cluster-build: ## Tier 1: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
 	bash e2e/controlplane/build.sh
 
-cluster-up: ## Tier 1: start the test cluster in netns ferry-e2e (root)
-	bash e2e/controlplane/up.sh
+cluster-up: ## Tier 1: start the test cluster and the process kubelet in netns ferry-e2e (root)
+	$(CARGO) build -p ferry-e2e --bins && bash e2e/controlplane/up.sh
 
 cluster-down: ## Tier 1: stop the test cluster and everything in its network namespaces
 	bash e2e/controlplane/down.sh
+
+e2e: ## Tier 1: start the cluster, run the cluster tests inside its namespace, stop it
+	bash e2e/run.sh
 
 kubectl: ## kubectl inside the test cluster: make kubectl ARGS='get pods -A'
 	@bash e2e/controlplane/kubectl.sh $(ARGS)

@@ -22,6 +22,9 @@ K8S_BIN="$CACHE/kubernetes/$K8S_VERSION/bin"
 ETCD_BIN="$CACHE/etcd/$ETCD_VERSION/bin/etcd"
 HELM_BIN="$CACHE/helm/$HELM_VERSION/bin/helm"
 KUBECTL="$K8S_BIN/kubectl"
+# The process kubelet (crate ferry-e2e), built by cargo: `make cluster-up` builds it first.
+KUBELET_BIN="${CARGO_TARGET_DIR:-$(dirname "$E2E_DIR")/target}/debug/ferry-kubelet"
+NODE_NAME=ferry-node
 
 # The network. The cluster namespace holds `lo` and a bridge for the pods, nothing else: no
 # uplink, no default route. Pod namespaces (made by the process kubelet) are named ferry-pod-*.
@@ -41,7 +44,7 @@ ETCD_PEER_PORT=2380
 KCM_PORT=10257
 SA_ISSUER="https://kubernetes.default.svc.$CLUSTER_DOMAIN"
 
-COMPONENTS=(etcd kube-apiserver kube-controller-manager) # start order; stopped in reverse
+COMPONENTS=(etcd kube-apiserver kube-controller-manager ferry-kubelet) # start order
 
 if [[ "$RUN_DIR" =~ [[:space:]] ]]; then
   echo "the repository path must not contain whitespace: $RUN_DIR" >&2
@@ -78,6 +81,7 @@ component_bin() {
   case $1 in
     etcd) echo "$ETCD_BIN" ;;
     kube-apiserver | kube-controller-manager) echo "$K8S_BIN/$1" ;;
+    ferry-kubelet) readlink -f "$KUBELET_BIN" ;;
     *) return 1 ;;
   esac
 }

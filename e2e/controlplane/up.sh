@@ -351,6 +351,21 @@ EOF
   mv "$CLUSTER_ENV.tmp" "$CLUSTER_ENV"
 }
 
+# The process kubelet: registers node ferry-node and runs pods as processes, each pod in its own
+# network namespace on the bridge (see e2e/src/bin/kubelet).
+start_kubelet() {
+  start ferry-kubelet "$(component_bin ferry-kubelet)" \
+    --kubeconfig "$KUBECONFIG_FILE" \
+    --node-name "$NODE_NAME" \
+    --run-dir "$RUN_DIR/kubelet"
+  wait_for ferry-kubelet "node $NODE_NAME to be Ready" node_ready
+}
+
+node_ready() {
+  [[ "$(in_ns "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get node "$NODE_NAME" \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" == True ]]
+}
+
 # --- main ----------------------------------------------------------------------------------------
 
 need_root
@@ -362,6 +377,7 @@ take_lock
 for b in "$ETCD_BIN" "$K8S_BIN/kube-apiserver" "$K8S_BIN/kube-controller-manager" "$KUBECTL" "$HELM_BIN"; do
   [[ -x "$b" ]] || die "missing $b after build.sh"
 done
+[[ -x "$KUBELET_BIN" ]] || die "missing $KUBELET_BIN: build it with cargo build -p ferry-e2e --bins (make cluster-up does)"
 
 if healthy; then
   log "cluster already up and healthy: $APISERVER_URL in netns $NETNS (checked in $(elapsed)s)"
@@ -399,6 +415,8 @@ start_controller_manager
 
 kubeconfig "$KUBECONFIG_FILE" "$APISERVER_URL" admin
 write_cluster_env
+log "starting the process kubelet ($(elapsed)s)"
+start_kubelet
 stamp >"$STAMP_FILE"
 SUCCESS=1
 log "cluster up in $(elapsed)s: $APISERVER_URL in netns $NETNS"

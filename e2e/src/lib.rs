@@ -1,0 +1,226 @@
+//! Tier-1 test support: a client for the harness cluster, a temporary namespace per test, and
+//! waits that fail with a message saying what was expected and what was last seen.
+//!
+//! Tests that use this run inside the cluster's network namespace (`make e2e` does that) and are
+//! `#[ignore]`d, so that a plain `cargo test` never needs a cluster.
+#![forbid(unsafe_code)]
+
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    future::Future,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config, Resource,
+    api::{DeleteParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde::de::DeserializeOwned;
+
+/// The repository root (this crate lives in `<root>/e2e`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e crate lives in the repository")
+        .to_owned()
+}
+
+/// What `e2e/controlplane/up.sh` wrote to `e2e/.run/cluster.env`.
+#[derive(Debug, Clone)]
+pub struct ClusterEnv {
+    vars: HashMap<String, String>,
+}
+
+impl ClusterEnv {
+    /// Reads the cluster's env file; fails with the command to run when the cluster is not up.
+    pub fn load() -> anyhow::Result<Self> {
+        let path = repo_root().join("e2e/.run/cluster.env");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (start the cluster with: make cluster-up)",
+                path.display()
+            )
+        })?;
+        let vars = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+            .collect();
+        Ok(Self { vars })
+    }
+
+    pub fn get(&self, key: &str) -> anyhow::Result<&str> {
+        self.vars
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("e2e/.run/cluster.env has no {key}"))
+    }
+
+    pub fn kubeconfig(&self) -> anyhow::Result<PathBuf> {
+        Ok(PathBuf::from(self.get("FERRY_E2E_KUBECONFIG")?))
+    }
+
+    pub fn bridge_ip(&self) -> anyhow::Result<IpAddr> {
+        self.get("FERRY_E2E_BRIDGE_IP")?
+            .parse()
+            .context("FERRY_E2E_BRIDGE_IP is not an IP address")
+    }
+
+    pub fn netns(&self) -> anyhow::Result<&str> {
+        self.get("FERRY_E2E_NETNS")
+    }
+}
+
+/// The pinned Kubernetes version (from `e2e/controlplane/versions.env`).
+pub fn k8s_version() -> String {
+    let text = std::fs::read_to_string(repo_root().join("e2e/controlplane/versions.env"))
+        .expect("e2e/controlplane/versions.env is in the repository");
+    text.lines()
+        .find_map(|l| l.strip_prefix("K8S_VERSION="))
+        .expect("versions.env sets K8S_VERSION")
+        .trim()
+        .to_owned()
+}
+
+/// A client for the harness cluster, as its administrator.
+pub async fn client() -> anyhow::Result<Client> {
+    let env = ClusterEnv::load()?;
+    let path = env.kubeconfig()?;
+    let kc =
+        Kubeconfig::read_from(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Runs `test` with a fresh namespace (named `<prefix>-<random>`) that is deleted afterwards,
+/// whether the test passed or panicked. The panic, if any, is passed on.
+pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let client = client().await.expect("cannot reach the Tier-1 cluster");
+    let name = format!("{prefix}-{:08x}", fastrand_u32());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"ferry.dev/e2e": "true"}}
+    }))
+    .expect("a namespace literal");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+    let outcome = tokio::spawn(test(client.clone(), name.clone())).await;
+    if let Err(e) = namespaces.delete(&name, &DeleteParams::default()).await {
+        eprintln!("warning: cannot delete namespace {name}: {e}");
+    }
+    if let Err(e) = outcome {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        panic!("test task for {name} was cancelled: {e}");
+    }
+}
+
+fn fastrand_u32() -> u32 {
+    // Good enough for unique names: time and pid, mixed.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let x = t ^ (u64::from(std::process::id()) << 32);
+    (x ^ (x >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u32
+}
+
+/// Waits until `cond` holds for the object `name` (absent objects are `None`), polling. On
+/// timeout it fails naming `what` and showing the object as last seen.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(Option<&K>) -> bool,
+) -> Option<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + serde::Serialize,
+{
+    let start = Instant::now();
+    loop {
+        let obj = api
+            .get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("cannot read {name}: {e}"));
+        if cond(obj.as_ref()) {
+            return obj;
+        }
+        if start.elapsed() > timeout {
+            let shown = obj
+                .map(|o| serde_json::to_string_pretty(&o).unwrap_or_default())
+                .unwrap_or_else(|| "(absent)".into());
+            panic!("timed out after {timeout:?} waiting for {what} ({name}); last seen:\n{shown}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing after `timeout` with `what` and the last note `f`
+/// gave (through `Err`).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// A plain HTTP GET with a timeout: status and body, or why it failed.
+pub async fn http_get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::{client::legacy::Client as HttpClient, rt::TokioExecutor};
+    let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    let fut = async {
+        let resp = client.get(uri).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.with_context(|| format!("GET {url}")),
+        Err(_) => bail!("GET {url} timed out after {timeout:?}"),
+    }
+}
+
+/// Runs a command and returns its stdout, failing with its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
