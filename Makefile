@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e
+.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds
 
 all: build
 
@@ -27,6 +27,9 @@ unit: ## Tier 0: pure unit tests and real processes on loopback
 
 samples: ## The demo, with every answer checked
 	bash deploy/samples/demo.sh --check
+
+crds: ## Write crds/*.yaml from ferry_api::crd::all() (a test fails when they are stale)
+	$(CARGO) run --quiet -p ferry-cli --bin ferry -- crds --out-dir crds
 
 cluster-build: ## Tier 1: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
 	bash e2e/controlplane/build.sh

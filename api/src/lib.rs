@@ -1,14 +1,17 @@
 //! Ferry's shared vocabulary: pure types with no I/O.
 //!
-//! Everything here is used by more than one part (sidecar, CLI, and later the operator and the
+//! Everything here is used by more than one part (sidecar, CLI, operator, and later the
 //! injector): validated app IDs, the well-known header names and ports of Dapr's wire contract,
-//! and the `HTTPEndpoint` resource as Dapr users write it.
+//! and the custom resources: `HTTPEndpoint` as Dapr users write it, and Ferry's `RoutingTable`.
 #![forbid(unsafe_code)]
 
 pub mod app_id;
+pub mod crd;
 pub mod headers;
 pub mod http_endpoint;
 pub mod ports;
+pub mod routing_table;
 
 pub use app_id::{AppId, AppIdError, Namespace};
-pub use http_endpoint::HttpEndpoint;
+pub use http_endpoint::{HttpEndpoint, HttpEndpointSpec, HttpEndpointStatus};
+pub use routing_table::{RoutingTable, RoutingTableSpec, RoutingTableStatus};

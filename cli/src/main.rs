@@ -1,6 +1,7 @@
 //! `ferry`: run apps with a sidecar on one machine, invoke them, list them.
 #![forbid(unsafe_code)]
 
+mod crds;
 mod invoke;
 mod list;
 mod run;
@@ -27,6 +28,8 @@ enum Command {
     Invoke(invoke::InvokeArgs),
     /// List the apps running on this machine.
     List(list::ListArgs),
+    /// Write the CustomResourceDefinitions as YAML files (`make crds`).
+    Crds(crds::CrdsArgs),
     /// Print the version.
     Version,
 }
@@ -40,6 +43,7 @@ fn main() {
         Command::Run(args) => run::main(args),
         Command::Invoke(args) => invoke::main(args),
         Command::List(args) => list::main(args),
+        Command::Crds(args) => crds::main(args),
         Command::Version => {
             println!("ferry {}", env!("CARGO_PKG_VERSION"));
             0

@@ -148,7 +148,11 @@ async fn oversized_request_headers_are_refused() {
     req.extend_from_slice(b"Connection: close\r\n\r\n");
     let out = raw_exchange(p.a.http, req).await;
     assert!(matches!(out.status, Some(431) | None), "{:?}", out.status);
-    assert_eq!(p.app.request_count(), 0, "no malformed head reaches the app");
+    assert_eq!(
+        p.app.request_count(),
+        0,
+        "no malformed head reaches the app"
+    );
 
     // A malformed chunk is only found while the body streams: by then the request may already
     // be on its way to the app (it then sees the body fail, never a complete body). The client
@@ -272,7 +276,11 @@ async fn garbage_and_connect_do_not_hurt() {
         "CONNECT got {:?}",
         out.status
     );
-    assert_eq!(p.app.request_count(), 0, "no malformed head reaches the app");
+    assert_eq!(
+        p.app.request_count(),
+        0,
+        "no malformed head reaches the app"
+    );
 
     // A malformed chunk is only found while the body streams: by then the request may already
     // be on its way to the app (it then sees the body fail, never a complete body). The client
