@@ -3,7 +3,7 @@
 # `make e2e`: the Tier-1 tests against the real control plane.
 #
 # Builds what the tests need outside the cluster's network namespace (the control plane from the
-# Go module proxy, cached; the process kubelet, the test app and ferryd with cargo), starts the
+# Go module proxy, cached; every binary of the workspace with cargo), starts the
 # cluster (e2e/controlplane/up.sh), runs the `#[ignore]`d cluster tests of the ferry-e2e crate
 # inside the namespace, where the cluster's addresses are, and stops everything afterwards,
 # whatever the outcome. FERRY_E2E_KEEP=1 leaves the cluster up for a look (stop it with
@@ -17,8 +17,8 @@ CARGO="${CARGO:-cargo}"
 [[ $EUID -eq 0 ]] || { echo "e2e: network namespaces need root" >&2; exit 1; }
 
 bash e2e/controlplane/build.sh
-"$CARGO" build --quiet -p ferry-e2e --bins
-"$CARGO" build --quiet -p ferry-sidecar --bins
+# Every binary: the kubelet and the test app, and what pods run (ferryd, ferry-operator).
+"$CARGO" build --quiet --workspace --bins
 "$CARGO" test --quiet -p ferry-e2e --no-run
 
 stop() {

@@ -124,7 +124,9 @@ wait_for() {
 setup_netns() {
   ip netns add "$NETNS"
   ip -n "$NETNS" link set lo up
-  ip -n "$NETNS" link add "$BRIDGE" type bridge
+  # A fixed MAC: otherwise the bridge borrows one from a pod's veth and changes it when that pod
+  # goes, cutting every other pod off from 10.88.0.1 until its ARP entry expires (about 30 s).
+  ip -n "$NETNS" link add "$BRIDGE" address 02:42:0a:58:00:01 type bridge
   ip -n "$NETNS" addr add "$BRIDGE_IP/$POD_PREFIX_LEN" dev "$BRIDGE"
   ip -n "$NETNS" link set "$BRIDGE" up
   # The guarantee the tests rely on: nothing routes out. A fresh namespace has no default route

@@ -1,0 +1,155 @@
+//! Command-line flags. Every flag can also be set through its `FERRY_*` environment variable.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+
+/// The namespace the lease lives in when neither `--lease-namespace` nor `POD_NAMESPACE` is set.
+pub const DEFAULT_LEASE_NAMESPACE: &str = "ferry-system";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ferry-operator",
+    version,
+    about = "Keeps per-app Services, HTTPEndpoint status and namespaced RoutingTables true.",
+    long_about = "Keeps per-app Services, HTTPEndpoint status and namespaced RoutingTables true.\n\n\
+                  The kubeconfig follows the usual rules: in a pod the service account, otherwise \
+                  $KUBECONFIG or ~/.kube/config."
+)]
+pub struct Args {
+    /// Where /livez, /readyz and /metrics are served.
+    #[arg(long, env = "FERRY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Name of the coordination.k8s.io Lease that elects the leader.
+    #[arg(long, env = "FERRY_LEASE_NAME", default_value = "ferry-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease [default: $POD_NAMESPACE, else ferry-system].
+    #[arg(long, env = "FERRY_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// How long a leader that stopped renewing keeps the Lease, in seconds.
+    #[arg(long, env = "FERRY_LEASE_DURATION_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(2..=3600))]
+    pub lease_duration_seconds: u32,
+
+    /// How often the Lease is renewed (and a follower looks at it), in milliseconds.
+    #[arg(long, env = "FERRY_LEASE_RENEW_MILLIS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub lease_renew_millis: u64,
+
+    /// This process's name in the Lease [default: $POD_NAME (else the hostname), '_' and a
+    /// random suffix, so that a restarted process never mistakes its predecessor's Lease for
+    /// its own].
+    #[arg(long, env = "FERRY_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// How long an app's Service is kept after its last pod is gone, in seconds.
+    #[arg(long, env = "FERRY_SERVICE_GRACE_SECONDS", default_value_t = 30)]
+    pub service_grace_seconds: u64,
+
+    /// Log filter (tracing-subscriber EnvFilter syntax, e.g. `info,ferry_operator=debug`).
+    #[arg(long, env = "FERRY_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Args {
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| non_empty_env("POD_NAMESPACE"))
+            .unwrap_or_else(|| DEFAULT_LEASE_NAMESPACE.to_owned())
+    }
+
+    /// The identity to hold the Lease under; call it once (the default is random).
+    pub fn identity(&self) -> String {
+        if let Some(id) = &self.identity {
+            return id.clone();
+        }
+        let base = non_empty_env("POD_NAME")
+            .or_else(|| non_empty_env("HOSTNAME"))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "ferry-operator".to_owned());
+        format!("{base}_{:08x}", random_u32())
+    }
+
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_secs(self.lease_duration_seconds.into())
+    }
+
+    pub fn lease_renew_every(&self) -> Duration {
+        Duration::from_millis(self.lease_renew_millis)
+    }
+
+    pub fn service_grace(&self) -> Duration {
+        Duration::from_secs(self.service_grace_seconds)
+    }
+}
+
+/// Randomness from the standard library's hasher keys (seeded by the OS), mixed with the time.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish() as u32
+}
+
+fn non_empty_env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults() {
+        let a = Args::try_parse_from(["ferry-operator"]).unwrap();
+        assert_eq!(a.admin_addr.port(), 8080);
+        assert_eq!(a.lease_name, "ferry-operator");
+        assert_eq!(a.lease_duration(), Duration::from_secs(10));
+        assert_eq!(a.lease_renew_every(), Duration::from_secs(2));
+        assert_eq!(a.service_grace(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn default_identities_differ_per_process() {
+        let a = Args::try_parse_from(["ferry-operator"]).unwrap();
+        assert_ne!(a.identity(), a.identity());
+        let named = Args::try_parse_from(["ferry-operator", "--identity", "x"]).unwrap();
+        assert_eq!(named.identity(), "x");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Args::try_parse_from(["ferry-operator", "--admin-addr", "nope"]).is_err());
+        assert!(Args::try_parse_from(["ferry-operator", "--lease-duration-seconds", "1"]).is_err());
+    }
+}

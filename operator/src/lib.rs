@@ -1,0 +1,30 @@
+//! Ferry's operator: keeps the cluster's view of "which app IDs and HTTPEndpoints exist, and
+//! where" true.
+//!
+//! - [`services`]: a headless Service `<app-id>-dapr` for every app ID with pods, removed a grace
+//!   period after its last pod;
+//! - [`endpoints`]: validates each `HTTPEndpoint` and reports a `Ready` condition and Events;
+//! - [`routing`]: one `RoutingTable` per namespace with apps or HTTPEndpoints.
+//!
+//! Decisions are pure functions (`services::desired`, `endpoints::validate`,
+//! `routing::desired`); the reconcilers around them only read caches and write by server-side
+//! apply. Only the holder of the [`lease`] runs the controllers ([`runtime`]).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod apps;
+pub mod args;
+pub mod endpoints;
+pub mod lease;
+pub mod metrics;
+pub mod reports;
+pub mod routing;
+pub mod runtime;
+pub mod services;
+
+/// The field manager of every write, and the value of the `app.kubernetes.io/managed-by` label
+/// on what the operator owns.
+pub const FIELD_MANAGER: &str = "ferry-operator";
+
+/// The Events' reporting controller.
+pub const REPORTER: &str = "ferry-operator";

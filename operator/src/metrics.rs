@@ -1,0 +1,208 @@
+//! Prometheus metrics. Labels are bounded: a controller name and a fixed error reason, never an
+//! object name.
+
+use std::time::{Duration, Instant};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// The controllers this operator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ControllerName {
+    AppService,
+    HttpEndpoint,
+    RoutingTable,
+}
+
+impl EncodeLabelValue for ControllerName {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        self.as_str().encode(encoder)
+    }
+}
+
+impl ControllerName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AppService => "app_service",
+            Self::HttpEndpoint => "http_endpoint",
+            Self::RoutingTable => "routing_table",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: ControllerName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: ControllerName,
+    /// A fixed, per-variant label (`Error::metric_label`).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReportLabels {
+    pub controller: ControllerName,
+    /// An Event reason (a fixed vocabulary: `InvalidAppID`, `ServiceConflict`, ...).
+    pub reason: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+pub struct Metrics {
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub durations: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    /// Problems found in the cluster's objects (bad annotations, name clashes, invalid
+    /// HTTPEndpoints), counted when they are first reported.
+    pub reports: Family<ReportLabels, Counter>,
+    pub leader: Gauge,
+    pub ready: Gauge,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ferry_operator");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let durations =
+            Family::<ControllerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        let reports = Family::<ReportLabels, Counter>::default();
+        let leader = Gauge::default();
+        let ready = Gauge::default();
+        registry.register(
+            "reconciles",
+            "Reconciles run, by controller",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by controller and reason",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long reconciles took, by controller",
+            durations.clone(),
+        );
+        registry.register(
+            "reports",
+            "Problems in the cluster's objects reported as Events, by controller and reason",
+            reports.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        registry.register("ready", "1 while /readyz answers 200", ready.clone());
+        Self {
+            reconciles,
+            errors,
+            durations,
+            reports,
+            leader,
+            ready,
+            registry,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile and measures it until the returned guard is dropped.
+    pub fn reconcile(&self, controller: ControllerName) -> ReconcileTimer<'_> {
+        self.reconciles
+            .get_or_create(&ControllerLabels { controller })
+            .inc();
+        ReconcileTimer {
+            metrics: self,
+            controller,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn error(&self, controller: ControllerName, reason: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels { controller, reason })
+            .inc();
+    }
+
+    pub fn report(&self, controller: ControllerName, reason: &'static str) {
+        self.reports
+            .get_or_create(&ReportLabels { controller, reason })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    controller: ControllerName,
+    start: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        let elapsed: Duration = self.start.elapsed();
+        self.metrics
+            .durations
+            .get_or_create(&ControllerLabels {
+                controller: self.controller,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_reconciles_errors_and_durations() {
+        let m = Metrics::default();
+        drop(m.reconcile(ControllerName::AppService));
+        m.error(ControllerName::RoutingTable, "apply");
+        m.leader.set(1);
+        let text = m.encode();
+        assert!(
+            text.contains("ferry_operator_reconciles_total{controller=\"app_service\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferry_operator_reconcile_errors_total{controller=\"routing_table\",reason=\"apply\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ferry_operator_reconcile_duration_seconds_count{controller=\"app_service\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ferry_operator_leader 1"), "{text}");
+    }
+}

@@ -1,0 +1,414 @@
+//! What the leader runs: the caches (reflectors) and the three controllers over them.
+//!
+//! The namespace-keyed controllers (app Services, RoutingTables) are triggered from our own
+//! reflectors rather than from separate watches: a reflector first updates its cache and only
+//! then sends the object's namespace to the controllers, so a reconcile never reads a cache that
+//! has not yet seen the change that triggered it. A re-list (after a dropped watch) triggers every
+//! namespace, since deletions missed meanwhile carry no namespace.
+
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    hash::Hash,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ferry_api::{http_endpoint::HttpEndpoint, routing_table::RoutingTable};
+use futures_util::{Stream, StreamExt, future};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Pod, PodStatus, Service},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::{self, Action},
+        events::{Recorder, Reporter as EventReporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::{
+    REPORTER,
+    admin::Health,
+    apps::LABEL_APP_ID,
+    endpoints,
+    metrics::{ControllerName, Metrics},
+    reports::Reporter,
+    routing::{self, TABLE_NAME},
+    services,
+};
+
+/// How often every object is reconciled even without a change (a safety net for missed events).
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub service_grace: Duration,
+    /// The `reportingInstance` of Events (this replica's identity).
+    pub instance: String,
+}
+
+/// The caches every reconcile reads.
+#[derive(Clone)]
+pub struct Stores {
+    /// Pods labelled `dapr.io/app-id`, metadata and phase only.
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub endpoints: Store<HttpEndpoint>,
+    pub tables: Store<RoutingTable>,
+}
+
+impl Stores {
+    fn in_ns<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Eq + Hash + Clone,
+    {
+        store.state_filter(|o| o.meta().namespace.as_deref() == Some(namespace))
+    }
+
+    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
+        Self::in_ns(&self.pods, namespace)
+    }
+
+    pub fn services_in(&self, namespace: &str) -> Vec<Arc<Service>> {
+        Self::in_ns(&self.services, namespace)
+    }
+
+    pub fn endpoints_in(&self, namespace: &str) -> Vec<Arc<HttpEndpoint>> {
+        Self::in_ns(&self.endpoints, namespace)
+    }
+
+    pub fn table(&self, namespace: &str) -> Option<Arc<RoutingTable>> {
+        self.tables
+            .get(&ObjectRef::new(TABLE_NAME).within(namespace))
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub backoff: Backoff,
+    pub services: services::State,
+    pub services_reporter: Reporter,
+    pub endpoints_reporter: Reporter,
+}
+
+/// Per-object exponential backoff for `error_policy`: 1 s, 2 s, 4 s ... up to 5 minutes, reset
+/// by a successful reconcile.
+#[derive(Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<(ControllerName, String), u32>>,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(300);
+
+    pub fn next(&self, controller: ControllerName, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry((controller, key.to_owned())).or_insert(0);
+        let delay = Self::BASE
+            .saturating_mul(2u32.saturating_pow((*n).min(16)))
+            .min(Self::MAX);
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    pub fn reset(&self, controller: ControllerName, key: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !f.is_empty() {
+            f.remove(&(controller, key.to_owned()));
+        }
+    }
+}
+
+/// A controller owner reference to `owner` (no `blockOwnerDeletion`: that would need the
+/// `finalizers` permission on the owner, and nothing waits on it).
+pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
+    let meta = owner.meta();
+    Some(OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        name: meta.name.clone()?,
+        uid: meta.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: None,
+    })
+}
+
+/// Fans a namespace out to the namespace-keyed controllers.
+#[derive(Clone)]
+struct Triggers {
+    namespaces: Vec<mpsc::UnboundedSender<ObjectRef<Namespace>>>,
+    relists: Vec<mpsc::UnboundedSender<()>>,
+}
+
+impl Triggers {
+    fn namespace(&self, ns: Option<String>) {
+        if let Some(ns) = ns {
+            for tx in &self.namespaces {
+                let _ = tx.send(ObjectRef::new(&ns));
+            }
+        }
+    }
+
+    fn relist(&self) {
+        for tx in &self.relists {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn receiver_stream<T: Send + 'static>(
+    rx: mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// Runs a reflector for `K` into `writer`, triggering the namespace of every change.
+async fn reflect<K>(
+    kind: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    strip: fn(&mut K),
+    triggers: Triggers,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let stream = watcher(api, config).default_backoff().modify(strip);
+    reflector::reflector(writer, stream)
+        .for_each(|event| {
+            match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                    triggers.namespace(o.namespace());
+                }
+                Ok(watcher::Event::InitDone) => {
+                    debug!(kind, "cache (re)listed");
+                    triggers.relist();
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Err(e) => warn!(kind, error = %e, "watch failed; retrying"),
+            }
+            future::ready(())
+        })
+        .await;
+}
+
+fn strip_pod(pod: &mut Pod) {
+    pod.spec = None;
+    pod.metadata.managed_fields = None;
+    let phase = pod.status.take().and_then(|s| s.phase);
+    pod.status = phase.map(|phase| PodStatus {
+        phase: Some(phase),
+        ..PodStatus::default()
+    });
+}
+
+fn strip_service(svc: &mut Service) {
+    svc.metadata.managed_fields = None;
+    svc.status = None;
+}
+
+fn strip_endpoint(ep: &mut HttpEndpoint) {
+    ep.metadata.managed_fields = None;
+}
+
+fn strip_table(rt: &mut RoutingTable) {
+    rt.metadata.managed_fields = None;
+}
+
+/// Runs the caches and controllers until the future is dropped (on losing the lease or on
+/// shutdown). Marks `health` synced once every cache has listed.
+pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings: Settings) {
+    let (pods, pods_w) = reflector::store();
+    let (svcs, svcs_w) = reflector::store();
+    let (eps, eps_w) = reflector::store();
+    let (tables, tables_w) = reflector::store();
+    let (svc_ns_tx, svc_ns_rx) = mpsc::unbounded_channel();
+    let (rt_ns_tx, rt_ns_rx) = mpsc::unbounded_channel();
+    let (svc_relist_tx, svc_relist_rx) = mpsc::unbounded_channel();
+    let (rt_relist_tx, rt_relist_rx) = mpsc::unbounded_channel();
+    let triggers = Triggers {
+        namespaces: vec![svc_ns_tx, rt_ns_tx],
+        relists: vec![svc_relist_tx, rt_relist_tx],
+    };
+
+    let reflectors = future::join4(
+        reflect(
+            "Pod",
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(LABEL_APP_ID),
+            pods_w,
+            strip_pod,
+            triggers.clone(),
+        ),
+        reflect(
+            "Service",
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            svcs_w,
+            strip_service,
+            triggers.clone(),
+        ),
+        reflect(
+            "HTTPEndpoint",
+            Api::<HttpEndpoint>::all(client.clone()),
+            watcher::Config::default(),
+            eps_w,
+            strip_endpoint,
+            triggers.clone(),
+        ),
+        reflect(
+            "RoutingTable",
+            Api::<RoutingTable>::all(client.clone()),
+            watcher::Config::default().labels(&format!(
+                "{}={}",
+                services::desired::LABEL_MANAGED_BY,
+                crate::FIELD_MANAGER
+            )),
+            tables_w,
+            strip_table,
+            triggers,
+        ),
+    );
+
+    let stores = Stores {
+        pods,
+        services: svcs,
+        endpoints: eps,
+        tables,
+    };
+    let recorder = |c: ControllerName| {
+        Reporter::new(
+            Recorder::new(
+                client.clone(),
+                EventReporter {
+                    controller: REPORTER.to_owned(),
+                    instance: Some(settings.instance.clone()),
+                },
+            ),
+            c,
+        )
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: stores.clone(),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+        backoff: Backoff::default(),
+        services: services::State::default(),
+        services_reporter: recorder(ControllerName::AppService),
+        endpoints_reporter: recorder(ControllerName::HttpEndpoint),
+    });
+
+    let controllers = async move {
+        // Reconciling before the caches are complete could delete Services whose pods are
+        // simply not listed yet.
+        let _ = future::join4(
+            stores.pods.wait_until_ready(),
+            stores.services.wait_until_ready(),
+            stores.endpoints.wait_until_ready(),
+            stores.tables.wait_until_ready(),
+        )
+        .await;
+        info!("caches synced: starting the controllers");
+        let namespaces = || Api::<Namespace>::all(client.clone());
+        let svc_ctrl = Controller::new(namespaces(), watcher::Config::default())
+            .reconcile_on(receiver_stream(svc_ns_rx))
+            .reconcile_all_on(receiver_stream(svc_relist_rx))
+            .with_config(controller::Config::default().concurrency(8));
+        let rt_ctrl = Controller::new(namespaces(), watcher::Config::default())
+            .reconcile_on(receiver_stream(rt_ns_rx))
+            .reconcile_all_on(receiver_stream(rt_relist_rx))
+            .with_config(controller::Config::default().concurrency(8));
+        let ep_ctrl = Controller::new(
+            Api::<HttpEndpoint>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .with_config(controller::Config::default().concurrency(8));
+        let own_caches = (svc_ctrl.store(), rt_ctrl.store(), ep_ctrl.store());
+        let synced = async move {
+            let _ = future::join3(
+                own_caches.0.wait_until_ready(),
+                own_caches.1.wait_until_ready(),
+                own_caches.2.wait_until_ready(),
+            )
+            .await;
+            info!("all caches synced: ready");
+            health.set_caches_synced(true);
+        };
+        let svc_run = svc_ctrl
+            .run(services::reconcile, services::error_policy, ctx.clone())
+            .for_each(log_result);
+        let rt_run = rt_ctrl
+            .run(routing::reconcile, routing::error_policy, ctx.clone())
+            .for_each(log_result);
+        let ep_run = ep_ctrl
+            .run(endpoints::reconcile, endpoints::error_policy, ctx)
+            .for_each(log_result);
+        future::join4(synced, svc_run, rt_run, ep_run).await;
+    };
+    future::join(reflectors, controllers).await;
+}
+
+async fn log_result<K, E1, E2>(r: Result<(ObjectRef<K>, Action), controller::Error<E1, E2>>)
+where
+    K: Resource,
+    K::DynamicType: Debug,
+    E1: std::error::Error,
+    E2: std::error::Error,
+{
+    match r {
+        Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+        // Already counted and logged by error_policy.
+        Err(controller::Error::ReconcilerFailed(..)) => {}
+        Err(controller::Error::ObjectNotFound(obj)) => {
+            debug!(object = %obj, "trigger for an object not in the cache")
+        }
+        Err(e) => warn!(error = %e, "controller"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let b = Backoff::default();
+        let c = ControllerName::AppService;
+        let delays: Vec<u64> = (0..12).map(|_| b.next(c, "ns").as_secs()).collect();
+        assert_eq!(&delays[..4], &[1, 2, 4, 8]);
+        assert_eq!(delays[11], 300);
+        b.reset(c, "ns");
+        assert_eq!(b.next(c, "ns").as_secs(), 1);
+        assert_eq!(b.next(c, "other").as_secs(), 1);
+    }
+
+    #[test]
+    fn pods_are_cached_without_their_spec() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n", "labels": {"dapr.io/app-id": "a"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.1"}
+        }))
+        .unwrap();
+        strip_pod(&mut pod);
+        assert!(pod.spec.is_none());
+        let status = pod.status.unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(status.pod_ip.is_none());
+    }
+}
