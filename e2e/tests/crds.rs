@@ -3,18 +3,13 @@
 //! through the status subresource, and the printer columns show what they promise. Run with
 //! `make e2e`.
 
-use std::time::Duration;
-
 use ferry_api::{
     HttpEndpoint, RoutingTable, RoutingTableSpec, RoutingTableStatus,
     http_endpoint::{self, HttpEndpointStatus},
     routing_table::{AppPorts, AppRoute, EndpointRoute, HeaderRoute, SecretKeyRef},
 };
-use ferry_e2e::{repo_root, wait_for, with_temp_ns};
-use k8s_openapi::{
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    apimachinery::pkg::apis::meta::v1::{Condition, Time},
-};
+use ferry_e2e::with_temp_ns;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
@@ -22,42 +17,6 @@ use kube::{
 use serde_json::{Value, json};
 
 const DAPR_DOCS: &str = include_str!("../../api/tests/fixtures/httpendpoint-dapr-docs.yaml");
-const WAIT: Duration = Duration::from_secs(30);
-
-/// Applies every file in `crds/` (server-side, field manager `ferry-crds`) and waits until the
-/// API server serves them.
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = repo_root().join("crds");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    assert!(!paths.is_empty(), "{} holds no CRDs", dir.display());
-    for path in paths {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not a CRD: {e}", path.display()));
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply("ferry-crds").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot apply {}: {e}", path.display()));
-        wait_for(&crds, &name, "the CRD to be Established", WAIT, |c| {
-            c.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        })
-        .await;
-    }
-}
 
 /// What `kubectl get` shows: the server-side Table of `path`, as (column names, rows of cells).
 async fn table(client: &Client, path: &str) -> (Vec<String>, Vec<Vec<Value>>) {
@@ -107,7 +66,7 @@ fn condition(type_: &str, status: &str, reason: &str) -> Condition {
 #[tokio::test]
 #[ignore = "needs the Tier-1 cluster: make e2e"]
 async fn dapr_docs_http_endpoint_applies_unchanged() {
-    install_crds(&ferry_e2e::client().await.unwrap()).await;
+    ferry_e2e::install_crds(&ferry_e2e::client().await.unwrap()).await;
     with_temp_ns("crds", |client, ns| async move {
         // As kubectl would send it: the manifest's own JSON, every field checked strictly.
         let manifest: Value = serde_saphyr::from_str(DAPR_DOCS).unwrap();
@@ -201,7 +160,7 @@ async fn dapr_docs_http_endpoint_applies_unchanged() {
 #[tokio::test]
 #[ignore = "needs the Tier-1 cluster: make e2e"]
 async fn routing_table_round_trips_through_the_api_server() {
-    install_crds(&ferry_e2e::client().await.unwrap()).await;
+    ferry_e2e::install_crds(&ferry_e2e::client().await.unwrap()).await;
     with_temp_ns("crds", |client, ns| async move {
         let tables: Api<RoutingTable> = Api::namespaced(client.clone(), &ns);
         let rt = RoutingTable::new(

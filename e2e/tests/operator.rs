@@ -13,14 +13,11 @@ use std::{
 
 use ferry_api::{HttpEndpoint, RoutingTable, http_endpoint::CONDITION_READY};
 use ferry_e2e::{eventually, http_get, repo_root, run, wait_for, with_temp_ns};
-use k8s_openapi::{
-    api::{
-        coordination::v1::Lease,
-        core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
-        events::v1::Event,
-        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
-    },
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Namespace, Pod, Secret, Service, ServiceAccount},
+    events::v1::Event,
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -42,40 +39,6 @@ const GRACE_SECONDS: u64 = 3;
 static ONE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // === cluster set-up ===
-
-/// Applies every file in `crds/` and waits until the API server serves them.
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = repo_root().join("crds");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {} (run make crds): {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not a CRD: {e}", path.display()));
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("ferry-crds").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot apply {}: {e}", path.display()));
-        wait_for(&crds, &name, "the CRD to be Established", WAIT, |c| {
-            c.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        })
-        .await;
-    }
-}
 
 /// Creates the objects of `deploy/rbac/ferry-operator.yaml` for an operator in `ns`: the
 /// namespaced ones in `ns`, the cluster-scoped ones named `<name>-<ns>` and owned by the
@@ -353,7 +316,7 @@ async fn stop_operators(client: &Client) {
 async fn prepare(client: &Client, ns: &str) -> tokio::sync::MutexGuard<'static, ()> {
     let guard = ONE_OPERATOR.lock().await;
     stop_operators(client).await;
-    install_crds(client).await;
+    ferry_e2e::install_crds(client).await;
     install_rbac(client, ns).await;
     guard
 }
