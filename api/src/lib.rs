@@ -5,13 +5,16 @@
 //! and the custom resources: `HTTPEndpoint` as Dapr users write it, and Ferry's `RoutingTable`.
 #![forbid(unsafe_code)]
 
+pub mod annotations;
 pub mod app_id;
 pub mod crd;
 pub mod headers;
 pub mod http_endpoint;
 pub mod ports;
 pub mod routing_table;
+pub mod size;
 
+pub use annotations::{AnnotationError, SidecarConfig};
 pub use app_id::{AppId, AppIdError, Namespace};
 pub use http_endpoint::{HttpEndpoint, HttpEndpointSpec, HttpEndpointStatus};
 pub use routing_table::{RoutingTable, RoutingTableSpec, RoutingTableStatus};

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod crds;
+mod inject;
 mod invoke;
 mod list;
 mod run;
@@ -28,6 +29,8 @@ enum Command {
     Invoke(invoke::InvokeArgs),
     /// List the apps running on this machine.
     List(list::ListArgs),
+    /// Add the sidecar to the pods and pod templates of Kubernetes manifests, offline.
+    Inject(inject::InjectArgs),
     /// Write the CustomResourceDefinitions as YAML files (`make crds`).
     Crds(crds::CrdsArgs),
     /// Print the version.
@@ -44,6 +47,7 @@ fn main() {
         Command::Invoke(args) => invoke::main(args),
         Command::List(args) => list::main(args),
         Command::Crds(args) => crds::main(args),
+        Command::Inject(args) => inject::main(args),
         Command::Version => {
             println!("ferry {}", env!("CARGO_PKG_VERSION"));
             0
