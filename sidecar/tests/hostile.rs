@@ -148,30 +148,7 @@ async fn oversized_request_headers_are_refused() {
     req.extend_from_slice(b"Connection: close\r\n\r\n");
     let out = raw_exchange(p.a.http, req).await;
     assert!(matches!(out.status, Some(431) | None), "{:?}", out.status);
-    assert_eq!(
-        p.app.request_count(),
-        0,
-        "no malformed head reaches the app"
-    );
-
-    // A malformed chunk is only found while the body streams: by then the request may already
-    // be on its way to the app (it then sees the body fail, never a complete body). The client
-    // gets an error or a closed connection, and the sidecar keeps serving.
-    let out = raw_exchange(
-        p.a.http,
-        b"POST /v1.0/invoke/b/method/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
-            .to_vec(),
-    )
-    .await;
-    assert!(
-        matches!(out.status, None | Some(400..=599)),
-        "malformed chunk got {:?}",
-        out.status
-    );
-    assert!(
-        p.app.requests().iter().all(|e| e.body().is_empty()),
-        "the app never sees the malformed body as complete"
-    );
+    assert_eq!(p.app.request_count(), 0);
     still_serves(&p.a).await;
 }
 
