@@ -93,6 +93,9 @@ pub struct UserInfo {
 pub enum SkipReason {
     /// The admitted object is not a Pod (decided by the webhook, never by [`plan`]).
     NotAPod,
+    /// The operation is not a CREATE: a running pod's containers cannot change (decided by the
+    /// webhook, never by [`plan`]).
+    NotCreate,
     /// `dapr.io/enabled` is not exactly `true`.
     NotEnabled,
     /// The requesting user is not an allowed service account nor in `system:masters`.
@@ -108,6 +111,7 @@ impl SkipReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NotAPod => "not_a_pod",
+            Self::NotCreate => "not_create",
             Self::NotEnabled => "not_enabled",
             Self::UnauthorizedServiceAccount => "unauthorized_service_account",
             Self::HostNetwork => "host_network",
@@ -681,6 +685,7 @@ mod tests {
     fn skip_reasons_have_distinct_names() {
         let all = [
             SkipReason::NotAPod,
+            SkipReason::NotCreate,
             SkipReason::NotEnabled,
             SkipReason::UnauthorizedServiceAccount,
             SkipReason::HostNetwork,

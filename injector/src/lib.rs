@@ -2,10 +2,20 @@
 //!
 //! [`inject::plan`] is the whole decision, as a pure function: a pod, its namespace and the
 //! injector's configuration in; inject (with a JSON patch), skip (with a reason) or deny (with a
-//! message) out. The admission webhook and `ferry inject` are thin edges around it.
+//! message) out. [`admission`] wraps it in the AdmissionReview protocol, still without I/O;
+//! [`server`] is the HTTP edge, [`tls`] the hot-reloaded certificate, [`bootstrap`] the
+//! Kubernetes side of certificates (the Secret and the webhook's caBundle). `ferry inject`
+//! calls [`inject::plan`] offline.
 #![forbid(unsafe_code)]
 
+pub mod admission;
+pub mod args;
+pub mod bootstrap;
+pub mod certs;
 pub mod glob;
 pub mod inject;
+pub mod metrics;
+pub mod server;
+pub mod tls;
 
 pub use inject::{Decision, InjectorConfig, NamespaceInfo, SkipReason, UserInfo, plan};
