@@ -181,6 +181,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let webhook = server::webhook_router(Arc::new(Webhook {
         config: args.injector_config(),
         metrics: metrics.clone(),
+        body_timeout: server::BODY_TIMEOUT,
     }));
     let acceptor = TlsAcceptor::from(Arc::new(store.server_config()));
     tracing::info!(listen = %args.listen, admin = %args.admin_listen, "ferry-injector serving");

@@ -41,6 +41,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Webhook {
     pub config: InjectorConfig,
     pub metrics: Arc<Metrics>,
+    /// How long a review's body may take to arrive ([`BODY_TIMEOUT`] in production).
+    pub body_timeout: Duration,
 }
 
 /// `POST /mutate`. Everything else is 404 (or 405 for another verb on `/mutate`).
@@ -85,7 +87,8 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, headers: HeaderMap, body: B
             format!("Content-Type must be application/json (got {got})"),
         );
     }
-    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_REVIEW_BYTES).collect());
+    let limit = webhook.body_timeout;
+    let read = tokio::time::timeout(limit, Limited::new(body, MAX_REVIEW_BYTES).collect());
     let bytes = match read.await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<LengthLimitError>() => {
@@ -106,7 +109,7 @@ async fn mutate(State(webhook): State<Arc<Webhook>>, headers: HeaderMap, body: B
             return error(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
-                format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+                format!("the request body did not arrive within {limit:?}"),
             );
         }
     };
