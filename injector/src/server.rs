@@ -183,6 +183,8 @@ pub fn admin_router(admin: Admin) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        // Dapr's injector answers readiness and liveness on /healthz.
+        .route("/healthz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(admin)
 }

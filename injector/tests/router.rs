@@ -254,8 +254,14 @@ async fn readiness_follows_the_certificate_and_the_ca_bundle() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(m.contains("does not exist"), "{m}");
 
+    assert_eq!(
+        call(&admin, get("/healthz")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Dapr's /healthz is readiness"
+    );
     bundle.store(Arc::new(BundleState::InPlace));
     assert_eq!(call(&admin, get("/readyz")).await.0, StatusCode::OK);
+    assert_eq!(call(&admin, get("/healthz")).await.0, StatusCode::OK);
     let (s, text) = call(&admin, get("/metrics")).await;
     assert_eq!(s, StatusCode::OK);
     assert!(text.contains("ferry_injector_ready 1"), "{text}");
