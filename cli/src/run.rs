@@ -36,7 +36,7 @@ async fn run(args: RunArgs) -> i32 {
         Err(e) => {
             eprintln!("ferry: {e}");
             return match e {
-                StartError::Resources(_) => EX_USAGE,
+                StartError::Resources(_) | StartError::Config(_) => EX_USAGE,
                 _ => 1,
             };
         }

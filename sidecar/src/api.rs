@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 
 use crate::{
     body::{self, Body},
+    metrics::{self, Metrics},
     proxy::{Resolve, Sidecar},
 };
 
@@ -68,6 +69,33 @@ pub async fn serve_public<R: Resolve>(
             "only /v1.0/healthz, /v1.0/healthz/outbound and /v1.0/metadata are served on this port",
         ),
     }
+}
+
+/// Routes one request on the metrics port: `GET /metrics` only.
+pub fn serve_metrics<B>(metrics: &Metrics, req: &Request<B>) -> Response<Body> {
+    if routing_path(req.uri().path()) != "/metrics" {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "ERR_NOT_FOUND",
+            "only GET /metrics is served on this port",
+        );
+    }
+    if req.method() != Verb::GET && req.method() != Verb::HEAD {
+        let mut r = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "ERR_METHOD_NOT_ALLOWED",
+            "use GET /metrics",
+        );
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let mut resp = Response::new(body::full(metrics.encode()));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    resp
 }
 
 /// The path used to pick a route: repeated slashes collapsed, trailing slash dropped (the
@@ -162,11 +190,25 @@ fn metadata<R: Resolve>(sc: &Sidecar<R>, health: &Health) -> Response<Body> {
         "extended": extended,
     });
     if let Some(app) = &sc.app {
-        doc["appConnectionProperties"] = serde_json::json!({
+        let mut props = serde_json::json!({
             "port": app.port,
             "protocol": app.protocol.as_str(),
             "channelAddress": app.address,
         });
+        if let Some(n) = sc.max_concurrency {
+            props["maxConcurrency"] = n.into();
+        }
+        if let Some(h) = &sc.app_health {
+            let s = &h.settings;
+            // Go duration strings, as Dapr writes them.
+            props["health"] = serde_json::json!({
+                "healthCheckPath": s.path,
+                "healthProbeInterval": format!("{}s", s.interval.as_secs()),
+                "healthProbeTimeout": format!("{}ms", s.timeout.as_millis()),
+                "healthThreshold": s.threshold,
+            });
+        }
+        doc["appConnectionProperties"] = props;
     }
     let mut resp = Response::new(body::full(doc.to_string()));
     resp.headers_mut()

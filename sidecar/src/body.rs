@@ -223,9 +223,123 @@ pub fn content_length(h: &HeaderMap) -> Option<u64> {
     v.to_str().ok()?.trim().parse().ok()
 }
 
+/// A response body that holds one of the app's concurrency slots (`--app-max-concurrency`)
+/// until it has been read to its end, failed, or been dropped (the client went away): the app
+/// is still busy with a request while it sends the body.
+struct Holding {
+    inner: Body,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Ties `slot` to `body`'s lifetime.
+pub fn holding(body: Body, slot: tokio::sync::OwnedSemaphorePermit) -> Body {
+    if body.is_end_stream() {
+        return body; // nothing left to send: the slot is free now
+    }
+    Holding {
+        inner: body,
+        slot: Some(slot),
+    }
+    .boxed_unsync()
+}
+
+impl HttpBody for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.slot = None,
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.slot = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test]
+    async fn a_slot_is_held_until_the_body_ends() {
+        let slots = Arc::new(Semaphore::new(1));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let stream = http_body_util::StreamBody::new(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+            },
+        ));
+        let mut body = holding(
+            stream.boxed_unsync(),
+            slots.clone().try_acquire_owned().unwrap(),
+        );
+        tx.send(Bytes::from_static(b"first")).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "first");
+        assert_eq!(slots.available_permits(), 0, "mid-body, the slot is taken");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert_eq!(slots.available_permits(), 1, "read to the end: released");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_releases_its_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let stream = http_body_util::StreamBody::new(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+            },
+        ));
+        let body = holding(
+            stream.boxed_unsync(),
+            slots.clone().try_acquire_owned().unwrap(),
+        );
+        assert_eq!(slots.available_permits(), 0);
+        drop(body);
+        assert_eq!(slots.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_known_length_body_releases_on_its_last_frame() {
+        let slots = Arc::new(Semaphore::new(1));
+        let mut body = holding(
+            full("all of it"),
+            slots.clone().try_acquire_owned().unwrap(),
+        );
+        assert_eq!(slots.available_permits(), 0);
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "all of it"
+        );
+        // hyper stops polling once is_end_stream says so: the last frame must release.
+        assert!(body.is_end_stream());
+        assert_eq!(slots.available_permits(), 1);
+        // An empty body never takes the slot.
+        let _empty = holding(empty(), slots.clone().try_acquire_owned().unwrap());
+        assert_eq!(slots.available_permits(), 1);
+    }
 
     #[tokio::test]
     async fn limited_passes_small_and_fails_large() {

@@ -1,8 +1,12 @@
-//! The sidecar's flags, named as `daprd` names them, and their validated form.
+//! The sidecar's flags, named as `daprd` names them, and their validated form ([`Settings`]).
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, ValueEnum, builder::BoolishValueParser};
 use ferry_api::{AppId, Namespace, ports};
 
 /// How the sidecar reaches its app.
@@ -30,6 +34,8 @@ impl AppProtocol {
 pub enum Mode {
     /// One machine, no cluster: names resolve through the local registry directory.
     Standalone,
+    /// In a pod, as the injector starts it: nothing is written to disk, peers connect by pod IP.
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -38,15 +44,18 @@ pub enum LogLevel {
     Info,
     Warn,
     Error,
+    /// Dapr's highest level; logs as `error` (ferryd has nothing that only logs at fatal).
+    Fatal,
 }
 
 impl LogLevel {
+    /// The `tracing` level this maps to.
     pub fn as_str(self) -> &'static str {
         match self {
             LogLevel::Debug => "debug",
             LogLevel::Info => "info",
             LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
+            LogLevel::Error | LogLevel::Fatal => "error",
         }
     }
 }
@@ -67,7 +76,8 @@ pub struct SidecarArgs {
     pub app_protocol: AppProtocol,
 
     /// Deprecated (as in Dapr): same as --app-protocol https.
-    #[arg(long, env = "FERRY_APP_SSL")]
+    #[arg(long, env = "FERRY_APP_SSL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub app_ssl: bool,
 
     /// The host the app listens on.
@@ -83,17 +93,15 @@ pub struct SidecarArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub dapr_grpc_port: u16,
 
-    /// The sidecar-to-sidecar port; a free port is picked when not given.
+    /// The sidecar-to-sidecar port [default: a free port in standalone mode, 50002 in
+    /// kubernetes mode].
     #[arg(long, env = "FERRY_INTERNAL_GRPC_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub dapr_internal_grpc_port: Option<u16>,
 
-    /// The address the sidecar-to-sidecar port listens on.
-    #[arg(
-        long,
-        env = "FERRY_INTERNAL_GRPC_LISTEN_ADDRESS",
-        default_value = "127.0.0.1"
-    )]
-    pub dapr_internal_grpc_listen_address: IpAddr,
+    /// The address the sidecar-to-sidecar port listens on [default: 127.0.0.1 in standalone
+    /// mode, 0.0.0.0 in kubernetes mode, where peers connect by pod IP].
+    #[arg(long, env = "FERRY_INTERNAL_GRPC_LISTEN_ADDRESS", value_parser = parse_listen_address)]
+    pub dapr_internal_grpc_listen_address: Option<IpAddr>,
 
     /// The public health port (`/v1.0/healthz`, `/v1.0/healthz/outbound`, `/v1.0/metadata`);
     /// off when not given.
@@ -101,7 +109,8 @@ pub struct SidecarArgs {
     pub dapr_public_port: Option<u16>,
 
     /// Addresses the HTTP API listens on, comma-separated. Loopback by default (127.0.0.1, and
-    /// [::1] when the machine has IPv6).
+    /// [::1] when the machine has IPv6). An address this machine does not have (such as [::1]
+    /// without IPv6) is skipped with a warning, as long as another one works.
     #[arg(long, env = "FERRY_LISTEN_ADDRESSES", value_delimiter = ',', value_parser = parse_listen_address)]
     pub dapr_listen_addresses: Vec<IpAddr>,
 
@@ -114,9 +123,15 @@ pub struct SidecarArgs {
     )]
     pub resources_path: Vec<PathBuf>,
 
-    /// The largest request body accepted, as a quantity (4Mi, 16Mi, 1G, or bytes).
-    #[arg(long, env = "FERRY_MAX_BODY_SIZE", default_value = "4Mi", value_parser = parse_size)]
-    pub max_body_size: u64,
+    /// The largest request body accepted, as a quantity (4Mi, 16Mi, 1G, or bytes) [default: 4Mi].
+    #[arg(long, env = "FERRY_MAX_BODY_SIZE", value_parser = parse_size)]
+    pub max_body_size: Option<u64>,
+
+    /// Deprecated (as in Dapr): the largest request body in whole megabytes (MiB); ignored when
+    /// --max-body-size is given.
+    #[arg(long, env = "FERRY_HTTP_MAX_REQUEST_SIZE",
+          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub dapr_http_max_request_size: Option<u32>,
 
     /// The largest request head (request line and headers) accepted, as a quantity; at least 8Ki.
     #[arg(long, env = "FERRY_READ_BUFFER_SIZE", default_value = "16Ki", value_parser = parse_read_buffer)]
@@ -152,9 +167,10 @@ pub struct SidecarArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_header_timeout_seconds: u64,
 
-    /// The address put in X-Forwarded-For and Forwarded on remote calls.
-    #[arg(long, env = "DAPR_HOST_IP", default_value = "127.0.0.1")]
-    pub host_ip: IpAddr,
+    /// The address put in X-Forwarded-For and Forwarded on remote calls [default: the POD_IP
+    /// env var in kubernetes mode, else 127.0.0.1].
+    #[arg(long, env = "DAPR_HOST_IP")]
+    pub host_ip: Option<IpAddr>,
 
     /// Where names are resolved.
     #[arg(long, env = "FERRY_MODE", value_enum, default_value = "standalone")]
@@ -164,9 +180,101 @@ pub struct SidecarArgs {
     pub log_level: LogLevel,
 
     /// Write logs as JSON lines.
-    #[arg(long, env = "FERRY_LOG_AS_JSON")]
+    #[arg(long, env = "FERRY_LOG_AS_JSON", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
     pub log_as_json: bool,
+
+    /// Serve Prometheus metrics at GET /metrics on 0.0.0.0:<--metrics-port>. Off unless given
+    /// (daprd's default is on).
+    #[arg(long, env = "FERRY_ENABLE_METRICS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub enable_metrics: bool,
+
+    /// The metrics port (with --enable-metrics).
+    #[arg(long, env = "FERRY_METRICS_PORT", default_value_t = ports::METRICS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub metrics_port: u16,
+
+    /// Dapr Configuration resources by name (or file); not supported yet: accepted, with a
+    /// warning that their settings are not applied.
+    #[arg(long, env = "FERRY_CONFIG", value_delimiter = ',')]
+    pub config: Vec<String>,
+
+    /// At most this many requests to the app at once; others wait (no 429). -1 and 0: no limit.
+    #[arg(long, env = "FERRY_APP_MAX_CONCURRENCY", default_value_t = -1, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-1..=i64::from(u32::MAX)))]
+    pub app_max_concurrency: i64,
+
+    /// Probe the app and refuse requests for it while it is unhealthy (needs --app-port).
+    #[arg(long, env = "FERRY_ENABLE_APP_HEALTH_CHECK", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub enable_app_health_check: bool,
+
+    /// The path the health probe GETs on the app.
+    #[arg(long, env = "FERRY_APP_HEALTH_CHECK_PATH", default_value = "/healthz",
+          value_parser = parse_health_path)]
+    pub app_health_check_path: String,
+
+    /// Seconds between health probes.
+    #[arg(long, env = "FERRY_APP_HEALTH_PROBE_INTERVAL", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub app_health_probe_interval: u64,
+
+    /// Milliseconds a health probe may take (at most the interval).
+    #[arg(long, env = "FERRY_APP_HEALTH_PROBE_TIMEOUT", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub app_health_probe_timeout: u64,
+
+    /// Consecutive failed probes that make the app unhealthy.
+    #[arg(long, env = "FERRY_APP_HEALTH_THRESHOLD", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub app_health_threshold: u32,
 }
+
+/// The flags once checked against each other, with the mode's defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Where the sidecar-to-sidecar port listens (port 0: a free one).
+    pub internal: SocketAddr,
+    pub host_ip: IpAddr,
+    /// The largest request body, in bytes.
+    pub max_body: u64,
+    /// `None`: no limit.
+    pub max_concurrency: Option<u32>,
+    pub app_health: Option<AppHealthSettings>,
+    /// Where `/metrics` is served, when it is.
+    pub metrics: Option<SocketAddr>,
+    /// Things to tell the operator once logging is up (deprecated and unsupported flags).
+    pub warnings: Vec<String>,
+}
+
+/// How the app is probed (spec §2.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppHealthSettings {
+    /// Starts with `/`.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub threshold: u32,
+}
+
+/// Flags that each parse but do not fit together; exits with code 64 like a bad flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "--enable-app-health-check needs --app-port: the app is probed through its app channel"
+    )]
+    HealthCheckWithoutAppPort,
+    #[error(
+        "--app-health-probe-timeout {timeout_ms} (milliseconds) is longer than --app-health-probe-interval {interval_s} (seconds); make the timeout at most the interval"
+    )]
+    ProbeTimeoutAboveInterval { timeout_ms: u64, interval_s: u64 },
+    #[error("POD_IP {0:?} is not an IP address (set --host-ip or DAPR_HOST_IP instead)")]
+    PodIp(String),
+}
+
+/// The default largest request body (Dapr's): 4 MiB.
+pub const DEFAULT_MAX_BODY: u64 = 4 << 20;
 
 impl SidecarArgs {
     pub fn effective_app_protocol(&self) -> AppProtocol {
@@ -175,6 +283,101 @@ impl SidecarArgs {
         } else {
             self.app_protocol
         }
+    }
+
+    /// Checks the flags against each other and applies the mode's defaults; reads `POD_IP` in
+    /// kubernetes mode.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.settings_with(std::env::var("POD_IP").ok())
+    }
+
+    /// [`Self::settings`] with the value of `POD_IP` given.
+    pub fn settings_with(&self, pod_ip: Option<String>) -> Result<Settings, ConfigError> {
+        let kubernetes = self.mode == Mode::Kubernetes;
+        let mut warnings = Vec::new();
+
+        let internal_ip = self
+            .dapr_internal_grpc_listen_address
+            .unwrap_or(if kubernetes {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                Ipv4Addr::LOCALHOST.into()
+            });
+        let internal_port =
+            self.dapr_internal_grpc_port
+                .unwrap_or(if kubernetes { ports::INTERNAL } else { 0 });
+
+        let host_ip = match (self.host_ip, pod_ip.filter(|p| !p.trim().is_empty())) {
+            (Some(ip), _) => ip,
+            (None, Some(p)) if kubernetes => p
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::PodIp(p.clone()))?,
+            _ => Ipv4Addr::LOCALHOST.into(),
+        };
+
+        // As daprd: --max-body-size wins; the legacy flag counts only when it is absent.
+        let max_body = match (self.max_body_size, self.dapr_http_max_request_size) {
+            (Some(bytes), legacy) => {
+                if let Some(mb) = legacy {
+                    warnings.push(format!(
+                        "--dapr-http-max-request-size {mb} is deprecated and ignored because --max-body-size is given"
+                    ));
+                }
+                bytes
+            }
+            (None, Some(mb)) => {
+                warnings.push(format!(
+                    "--dapr-http-max-request-size is deprecated; use --max-body-size {mb}Mi"
+                ));
+                u64::from(mb) << 20
+            }
+            (None, None) => DEFAULT_MAX_BODY,
+        };
+
+        if self.app_ssl {
+            warnings.push("--app-ssl is deprecated; use --app-protocol https".to_owned());
+        }
+        if !self.config.is_empty() {
+            warnings.push(format!(
+                "Configuration resources are not supported yet: --config {} is accepted, but its access control, tracing and metrics settings are NOT applied",
+                self.config.join(",")
+            ));
+        }
+
+        let app_health = if self.enable_app_health_check {
+            if self.app_port.is_none() {
+                return Err(ConfigError::HealthCheckWithoutAppPort);
+            }
+            if self.app_health_probe_timeout > self.app_health_probe_interval * 1000 {
+                return Err(ConfigError::ProbeTimeoutAboveInterval {
+                    timeout_ms: self.app_health_probe_timeout,
+                    interval_s: self.app_health_probe_interval,
+                });
+            }
+            Some(AppHealthSettings {
+                path: self.app_health_check_path.clone(),
+                interval: Duration::from_secs(self.app_health_probe_interval),
+                timeout: Duration::from_millis(self.app_health_probe_timeout),
+                threshold: self.app_health_threshold,
+            })
+        } else {
+            None
+        };
+
+        Ok(Settings {
+            internal: SocketAddr::new(internal_ip, internal_port),
+            host_ip,
+            max_body,
+            max_concurrency: u32::try_from(self.app_max_concurrency)
+                .ok()
+                .filter(|n| *n > 0),
+            app_health,
+            metrics: self
+                .enable_metrics
+                .then(|| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), self.metrics_port)),
+            warnings,
+        })
     }
 
     pub fn graceful_shutdown(&self) -> Duration {
@@ -214,6 +417,14 @@ fn parse_listen_address(s: &str) -> Result<IpAddr, String> {
     let t = s.trim().trim_start_matches('[').trim_end_matches(']');
     t.parse()
         .map_err(|_| format!("{s:?} is not an IP address (for example 127.0.0.1 or [::1])"))
+}
+
+/// Dapr's rule: the path gets a leading `/` when it has none.
+fn parse_health_path(s: &str) -> Result<String, String> {
+    let path = format!("/{}", s.trim().trim_start_matches('/'));
+    path.parse::<http::uri::PathAndQuery>()
+        .map_err(|_| format!("{s:?} is not an HTTP path (for example /healthz)"))?;
+    Ok(path)
 }
 
 fn parse_read_buffer(s: &str) -> Result<u64, String> {
@@ -256,7 +467,7 @@ mod tests {
         let cli = Cli::try_parse_from(["ferryd", "--app-id", "cart"]).unwrap();
         let a = cli.sidecar;
         assert_eq!(a.dapr_http_port, 3500);
-        assert_eq!(a.max_body_size, 4 << 20);
+        assert_eq!(a.settings_with(None).unwrap().max_body, 4 << 20);
         assert_eq!(a.app_port, None);
         assert_eq!(a.effective_app_protocol(), AppProtocol::Http);
         assert_eq!(a.graceful_shutdown(), Duration::from_secs(5));
@@ -275,5 +486,348 @@ mod tests {
         assert!(err.to_string().contains("http, https, h2c"), "{err}");
         let ssl = Cli::try_parse_from(["ferryd", "--app-id", "a", "--app-ssl"]).unwrap();
         assert_eq!(ssl.sidecar.effective_app_protocol(), AppProtocol::Https);
+    }
+
+    fn parse(args: &[&str]) -> Result<SidecarArgs, clap::Error> {
+        let mut all = vec!["ferryd", "--app-id", "cart"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(|c| c.sidecar)
+    }
+
+    fn settings(args: &[&str]) -> Settings {
+        parse(args).unwrap().settings_with(None).unwrap()
+    }
+
+    #[test]
+    fn mode_decides_the_internal_defaults() {
+        let s = settings(&[]);
+        assert_eq!(s.internal, "127.0.0.1:0".parse().unwrap());
+        let s = settings(&["--mode", "kubernetes"]);
+        assert_eq!(s.internal, "0.0.0.0:50002".parse().unwrap());
+        let s = settings(&[
+            "--mode",
+            "kubernetes",
+            "--dapr-internal-grpc-port",
+            "6000",
+            "--dapr-internal-grpc-listen-address",
+            "[::1]",
+        ]);
+        assert_eq!(s.internal, "[::1]:6000".parse().unwrap());
+        let s = settings(&["--dapr-internal-grpc-listen-address", "10.0.0.7"]);
+        assert_eq!(s.internal, "10.0.0.7:0".parse().unwrap());
+    }
+
+    #[test]
+    fn host_ip_falls_back_to_pod_ip_in_kubernetes_mode() {
+        let k8s = parse(&["--mode", "kubernetes"]).unwrap();
+        let pod = Some("10.1.2.3".to_owned());
+        assert_eq!(
+            k8s.settings_with(pod.clone()).unwrap().host_ip,
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            k8s.settings_with(None).unwrap().host_ip,
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            k8s.settings_with(Some(" ".into())).unwrap().host_ip,
+            "127.0.0.1".parse::<IpAddr>().unwrap(),
+            "an empty POD_IP is unset"
+        );
+        let explicit = parse(&["--mode", "kubernetes", "--host-ip", "10.9.9.9"]).unwrap();
+        assert_eq!(
+            explicit.settings_with(pod.clone()).unwrap().host_ip,
+            "10.9.9.9".parse::<IpAddr>().unwrap(),
+            "--host-ip wins"
+        );
+        let standalone = parse(&[]).unwrap();
+        assert_eq!(
+            standalone.settings_with(pod).unwrap().host_ip,
+            "127.0.0.1".parse::<IpAddr>().unwrap(),
+            "standalone ignores POD_IP"
+        );
+        let err = k8s.settings_with(Some("pod-ip".into())).unwrap_err();
+        assert_eq!(err, ConfigError::PodIp("pod-ip".into()));
+        assert!(err.to_string().contains("--host-ip"), "{err}");
+    }
+
+    #[test]
+    fn fatal_logs_as_error() {
+        let a = parse(&["--log-level", "fatal"]).unwrap();
+        assert_eq!(a.log_level, LogLevel::Fatal);
+        assert_eq!(a.log_level.as_str(), "error");
+        assert!(parse(&["--log-level", "trace"]).is_err());
+    }
+
+    #[test]
+    fn metrics_are_off_unless_enabled() {
+        assert_eq!(settings(&[]).metrics, None);
+        assert_eq!(settings(&["--metrics-port", "9999"]).metrics, None);
+        assert_eq!(
+            settings(&["--enable-metrics"]).metrics,
+            Some("0.0.0.0:9090".parse().unwrap())
+        );
+        // daprd's spelling with a value, and the injector's bare flag followed by the port.
+        assert_eq!(
+            settings(&["--enable-metrics=true", "--metrics-port", "9999"]).metrics,
+            Some("0.0.0.0:9999".parse().unwrap())
+        );
+        assert_eq!(
+            settings(&["--enable-metrics", "--metrics-port", "9999"]).metrics,
+            Some("0.0.0.0:9999".parse().unwrap())
+        );
+        assert_eq!(settings(&["--enable-metrics=false"]).metrics, None);
+        let err = parse(&["--enable-metrics", "--metrics-port", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--metrics-port"), "{err}");
+        assert!(parse(&["--enable-metrics=maybe"]).is_err());
+    }
+
+    #[test]
+    fn config_is_accepted_with_a_warning() {
+        let a = parse(&["--config", "tracing"]).unwrap();
+        assert_eq!(a.config, vec!["tracing".to_owned()]);
+        let s = a.settings_with(None).unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        let w = &s.warnings[0];
+        assert!(
+            w.contains("tracing") && w.contains("NOT applied") && w.contains("access control"),
+            "{w}"
+        );
+        assert!(settings(&[]).warnings.is_empty());
+    }
+
+    #[test]
+    fn max_concurrency() {
+        assert_eq!(settings(&[]).max_concurrency, None);
+        assert_eq!(
+            settings(&["--app-max-concurrency", "-1"]).max_concurrency,
+            None
+        );
+        assert_eq!(
+            settings(&["--app-max-concurrency", "0"]).max_concurrency,
+            None
+        );
+        assert_eq!(
+            settings(&["--app-max-concurrency", "10"]).max_concurrency,
+            Some(10)
+        );
+        let err = parse(&["--app-max-concurrency", "-2"]).unwrap_err();
+        assert!(err.to_string().contains("--app-max-concurrency"), "{err}");
+        assert!(parse(&["--app-max-concurrency", "4294967296"]).is_err());
+    }
+
+    #[test]
+    fn app_health_check() {
+        assert_eq!(settings(&[]).app_health, None);
+        let s = settings(&["--app-port", "5000", "--enable-app-health-check"]);
+        assert_eq!(
+            s.app_health,
+            Some(AppHealthSettings {
+                path: "/healthz".into(),
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_millis(500),
+                threshold: 3,
+            })
+        );
+        let s = settings(&[
+            "--app-port",
+            "5000",
+            "--enable-app-health-check",
+            "--app-health-check-path",
+            "ready",
+            "--app-health-probe-interval",
+            "1",
+            "--app-health-probe-timeout",
+            "1000",
+            "--app-health-threshold",
+            "1",
+        ]);
+        let h = s.app_health.unwrap();
+        assert_eq!(h.path, "/ready", "a leading slash is added, as Dapr does");
+        assert_eq!(
+            h.timeout, h.interval,
+            "a timeout equal to the interval is fine"
+        );
+        assert_eq!(h.threshold, 1);
+
+        let err = parse(&["--enable-app-health-check"])
+            .unwrap()
+            .settings_with(None)
+            .unwrap_err();
+        assert_eq!(err, ConfigError::HealthCheckWithoutAppPort);
+        assert!(err.to_string().contains("--app-port"), "{err}");
+
+        let err = parse(&[
+            "--app-port",
+            "5000",
+            "--enable-app-health-check",
+            "--app-health-probe-interval",
+            "1",
+            "--app-health-probe-timeout",
+            "1001",
+        ])
+        .unwrap()
+        .settings_with(None)
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("--app-health-probe-timeout")
+                && text.contains("--app-health-probe-interval"),
+            "{text}"
+        );
+        // The same settings with the check off are not an error (Dapr checks them only when
+        // probing).
+        assert!(
+            parse(&[
+                "--app-health-probe-interval",
+                "1",
+                "--app-health-probe-timeout",
+                "5000"
+            ])
+            .unwrap()
+            .settings_with(None)
+            .is_ok()
+        );
+        for (flag, bad) in [
+            ("--app-health-threshold", "0"),
+            ("--app-health-probe-interval", "0"),
+            ("--app-health-probe-timeout", "0"),
+            ("--app-health-check-path", "/a b"),
+        ] {
+            let err = parse(&[flag, bad]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag} {bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn legacy_max_request_size_yields_to_max_body_size() {
+        let s = settings(&["--dapr-http-max-request-size", "16"]);
+        assert_eq!(s.max_body, 16 << 20);
+        assert!(s.warnings[0].contains("deprecated"), "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains("--max-body-size 16Mi"),
+            "{:?}",
+            s.warnings
+        );
+        // As daprd: --max-body-size, when given, wins whatever the order.
+        for args in [
+            &[
+                "--dapr-http-max-request-size",
+                "16",
+                "--max-body-size",
+                "1Mi",
+            ][..],
+            &[
+                "--max-body-size",
+                "1Mi",
+                "--dapr-http-max-request-size",
+                "16",
+            ],
+        ] {
+            let s = settings(args);
+            assert_eq!(s.max_body, 1 << 20, "{args:?}");
+            assert!(s.warnings[0].contains("ignored"), "{:?}", s.warnings);
+        }
+        assert_eq!(settings(&["--max-body-size", "2Mi"]).max_body, 2 << 20);
+        let err = parse(&["--dapr-http-max-request-size", "0"]).unwrap_err();
+        assert!(
+            err.to_string().contains("--dapr-http-max-request-size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bool_flags_take_daprs_forms() {
+        for (args, want) in [
+            (&["--app-ssl"][..], true),
+            (&["--app-ssl=true"], true),
+            (&["--app-ssl=false"], false),
+            (&[], false),
+        ] {
+            assert_eq!(parse(args).unwrap().app_ssl, want, "{args:?}");
+        }
+        let a = parse(&[
+            "--log-as-json",
+            "--app-ssl",
+            "--enable-app-health-check=false",
+        ])
+        .unwrap();
+        assert!(a.log_as_json && a.app_ssl && !a.enable_app_health_check);
+        assert!(a.settings_with(None).unwrap().warnings[0].contains("--app-ssl is deprecated"));
+    }
+
+    /// What `ferry_injector::inject::sidecar_args` writes for a pod with every annotation set
+    /// (the injector's own tests check each fixture's list against this parser too).
+    #[test]
+    fn the_injected_argument_list_parses() {
+        let a = Cli::try_parse_from([
+            "ferryd",
+            "--mode",
+            "kubernetes",
+            "--dapr-http-port",
+            "3500",
+            "--dapr-grpc-port",
+            "50001",
+            "--dapr-internal-grpc-port",
+            "50002",
+            "--dapr-listen-addresses",
+            "[::1],127.0.0.1",
+            "--dapr-public-port",
+            "3501",
+            "--app-id",
+            "orders",
+            "--app-protocol",
+            "http",
+            "--namespace",
+            "shop",
+            "--log-level",
+            "fatal",
+            "--dapr-graceful-shutdown-seconds",
+            "-1",
+            "--app-port",
+            "8080",
+            "--app-ssl",
+            "--log-as-json",
+            "--enable-metrics",
+            "--metrics-port",
+            "9090",
+            "--config",
+            "tracing",
+            "--max-body-size",
+            "16Mi",
+            "--dapr-http-max-request-size",
+            "16",
+            "--read-buffer-size",
+            "8Ki",
+            "--app-max-concurrency",
+            "10",
+            "--enable-app-health-check",
+            "--app-health-check-path",
+            "/ready",
+            "--app-health-probe-interval",
+            "10",
+            "--app-health-probe-timeout",
+            "250",
+            "--app-health-threshold",
+            "4",
+        ])
+        .unwrap()
+        .sidecar;
+        assert_eq!(a.mode, Mode::Kubernetes);
+        assert_eq!(
+            a.dapr_listen_addresses,
+            vec![
+                "::1".parse::<IpAddr>().unwrap(),
+                "127.0.0.1".parse::<IpAddr>().unwrap()
+            ]
+        );
+        assert_eq!(a.graceful_shutdown(), Duration::from_secs(5));
+        let s = a.settings_with(Some("10.244.0.9".into())).unwrap();
+        assert_eq!(s.internal, "0.0.0.0:50002".parse().unwrap());
+        assert_eq!(s.host_ip, "10.244.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(s.max_body, 16 << 20);
+        assert_eq!(s.max_concurrency, Some(10));
+        assert_eq!(s.metrics, Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(s.app_health.unwrap().timeout, Duration::from_millis(250));
     }
 }

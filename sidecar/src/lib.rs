@@ -6,17 +6,20 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apphealth;
 pub mod body;
 pub mod config;
 pub mod endpoints;
 pub mod invoke;
+pub mod kubernetes;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod upstream;
 
-pub use config::SidecarArgs;
+pub use config::{ConfigError, Settings, SidecarArgs};
 pub use server::{RunInfo, Running, StartError, start};
 
 /// Exit code for bad flags or configuration (BSD `EX_USAGE`).

@@ -14,7 +14,10 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use tokio::sync::Semaphore;
+
 use crate::{
+    apphealth::AppHealth,
     body::{self, Body, Limited, find_too_large},
     endpoints::{Endpoint, Endpoints},
     invoke::{
@@ -23,12 +26,13 @@ use crate::{
         target::{self, TargetError, TargetName},
         trace,
     },
+    metrics::{CallType, Metrics, Peer},
     registry::{Instances, RegistryResolver},
     upstream::{AppChannel, Blocked, HttpClient, PeerPool, is_blocked},
 };
 
 /// Name resolution for app IDs: standalone reads the registry directory; Kubernetes mode will
-/// watch the API.
+/// watch the API (until then, [`crate::kubernetes::UnavailableResolver`]).
 pub trait Resolve: Send + Sync + 'static {
     /// The live instances of `app` in `ns`, or why there are none. `explicit` says whether the
     /// target named the namespace (`app.ns`) or it is the caller's own by default.
@@ -77,6 +81,12 @@ pub struct Sidecar<R> {
     pub max_body: u64,
     forwarded: ForwardedHeaders,
     pub started: Instant,
+    /// `--enable-app-health-check`: requests for the app are refused while it is unhealthy.
+    pub app_health: Option<Arc<AppHealth>>,
+    /// `--app-max-concurrency`: one slot per request being delivered to the app.
+    app_slots: Option<Arc<Semaphore>>,
+    pub max_concurrency: Option<u32>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What a sidecar is configured with.
@@ -91,6 +101,10 @@ pub struct SidecarParts<R> {
     pub max_body: u64,
     pub host_ip: IpAddr,
     pub hostname: String,
+    pub app_health: Option<Arc<AppHealth>>,
+    /// `None`: no limit.
+    pub max_concurrency: Option<u32>,
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Where a request goes.
@@ -123,6 +137,12 @@ impl<R: Resolve> Sidecar<R> {
             max_body: p.max_body,
             forwarded: ForwardedHeaders::new(p.host_ip, &p.hostname),
             started: Instant::now(),
+            app_health: p.app_health,
+            app_slots: p
+                .max_concurrency
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            max_concurrency: p.max_concurrency,
+            metrics: p.metrics,
         }
     }
 
@@ -211,16 +231,20 @@ impl<R: Resolve> Sidecar<R> {
                 for (name, value) in &ep.headers {
                     parts.headers.insert(name.clone(), value.clone());
                 }
-                self.call_external(
-                    &target,
-                    &ep.client,
-                    &ep.base_url,
-                    parts,
-                    &method,
-                    query.as_deref(),
-                    body,
-                )
-                .await?
+                let peer = self.record_sent(&ep.name);
+                let resp = self
+                    .call_external(
+                        &target,
+                        &ep.client,
+                        &ep.base_url,
+                        parts,
+                        &method,
+                        query.as_deref(),
+                        body,
+                    )
+                    .await?;
+                self.record_received(peer.as_deref(), resp.status());
+                resp
             }
             Destination::Url(base) => {
                 let client = self
@@ -321,6 +345,7 @@ impl<R: Resolve> Sidecar<R> {
                     reason,
                 })
             })?;
+        let peer = self.record_sent(id.as_str());
         let callee =
             HeaderValue::from_str(id.as_str()).expect("validated IDs are valid header values");
         headers::set_identity(&mut parts.headers, &self.id_value, &self.ns_value, &callee);
@@ -372,7 +397,7 @@ impl<R: Resolve> Sidecar<R> {
                     })
                 })?;
             match sender.try_send_request(req).await {
-                Ok(resp) => return self.peer_answer(target, resp).await,
+                Ok(resp) => return self.peer_answer(target, resp, peer.as_deref()).await,
                 Err(mut e) => {
                     self.peers.evict(addr);
                     if let Some(limit) = find_too_large(e.error()) {
@@ -401,6 +426,7 @@ impl<R: Resolve> Sidecar<R> {
         &self,
         target: &str,
         resp: Response<Incoming>,
+        peer: Option<&Peer>,
     ) -> Result<Response<Body>, InvokeError> {
         if let Some(kind) = resp.headers().get(names::FERRY_ERROR) {
             let kind = String::from_utf8_lossy(kind.as_bytes()).into_owned();
@@ -423,7 +449,24 @@ impl<R: Resolve> Sidecar<R> {
                 },
             ));
         }
+        // Only the app's answers count as responses received (as in Dapr, where a callee
+        // sidecar's own failure is an error, not a response).
+        self.record_received(peer, resp.status());
         Ok(resp.map(body::boxed))
+    }
+
+    /// Caller-side metrics: a request is about to go to `dst`; returns its counters.
+    fn record_sent(&self, dst: &str) -> Option<Arc<Peer>> {
+        let m = self.metrics.as_ref()?;
+        let peer = m.peer(dst);
+        m.req_sent(&peer, CallType::Unary);
+        Some(peer)
+    }
+
+    fn record_received(&self, peer: Option<&Peer>, status: http::StatusCode) {
+        if let (Some(m), Some(peer)) = (&self.metrics, peer) {
+            m.res_recv(peer, status.as_u16(), CallType::Unary);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -471,16 +514,26 @@ impl<R: Resolve> Sidecar<R> {
 
     /// Serves a peer sidecar's request for this sidecar's app.
     pub async fn inbound(&self, req: Request<Incoming>) -> Response<Body> {
-        match self.try_inbound(req).await {
+        let mut caller = None;
+        let resp = match self.try_inbound(req, &mut caller).await {
             Ok(resp) => resp,
             Err(cause) => {
                 tracing::debug!(kind = cause.kind(), error = %cause, "inbound request failed");
                 InvokeError::callee(cause).into_response()
             }
+        };
+        if let (Some(m), Some(caller)) = (&self.metrics, caller) {
+            m.res_sent(&caller, resp.status().as_u16());
         }
+        resp
     }
 
-    async fn try_inbound(&self, req: Request<Incoming>) -> Result<Response<Body>, Cause> {
+    /// `caller` is set (when metrics are on) once the request is known to be for this app.
+    async fn try_inbound(
+        &self,
+        req: Request<Incoming>,
+        caller: &mut Option<Arc<Peer>>,
+    ) -> Result<Response<Body>, Cause> {
         let (mut parts, body) = req.into_parts();
         let wanted = parts.headers.remove(names::FERRY_CALLEE);
         if wanted.as_ref() != Some(&self.callee_tag) {
@@ -490,6 +543,16 @@ impl<R: Resolve> Sidecar<R> {
                     .unwrap_or_default(),
                 own: String::from_utf8_lossy(self.callee_tag.as_bytes()).into_owned(),
             });
+        }
+        if let Some(m) = &self.metrics {
+            let src = parts
+                .headers
+                .get(names::DAPR_CALLER_APP_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(crate::metrics::UNKNOWN_PEER);
+            let peer = m.peer(src);
+            m.req_recv(&peer);
+            *caller = Some(peer);
         }
         let wire = parts
             .uri
@@ -524,6 +587,23 @@ impl<R: Resolve> Sidecar<R> {
         body: Body,
     ) -> Result<Response<Body>, Cause> {
         let app = self.app.as_ref().ok_or(Cause::NoAppChannel)?;
+        if let Some(h) = &self.app_health
+            && !h.is_healthy()
+        {
+            return Err(Cause::AppUnhealthy);
+        }
+        // Queue for a slot (no 429, as in Dapr). Waiting is cancelled with the request: when
+        // the caller goes away this future is dropped, and the slot with it.
+        let slot = match &self.app_slots {
+            Some(slots) => Some(
+                slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the app's semaphore is never closed"),
+            ),
+            None => None,
+        };
         let url = join_url(&app.base, method, query);
         let uri: Uri = url
             .parse()
@@ -542,7 +622,10 @@ impl<R: Resolve> Sidecar<R> {
                 headers::sanitize_response(resp.headers_mut());
                 // Only this sidecar may mark an answer as its own error.
                 resp.headers_mut().remove(names::FERRY_ERROR);
-                Ok(resp)
+                Ok(match slot {
+                    Some(slot) => resp.map(|b| body::holding(b, slot)),
+                    None => resp,
+                })
             }
             Err(e) => {
                 if let Some(limit) = find_too_large(&e) {
@@ -595,4 +678,188 @@ fn find_in_chain<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> 
         cur = c.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    //! The callee path's gates (`--app-max-concurrency`, `--enable-app-health-check`) against
+    //! an in-process app whose response bodies the test feeds by hand.
+
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{config::AppHealthSettings, kubernetes::UnavailableResolver};
+
+    /// Each request's path, with the sender that feeds its response body.
+    type Arrival = (String, mpsc::Sender<Bytes>);
+
+    async fn gated_app() -> (u16, mpsc::UnboundedReceiver<Arrival>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (arrivals, rx) = mpsc::unbounded_channel::<Arrival>();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = l.accept().await.unwrap();
+                let arrivals = arrivals.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (tx, rx) = mpsc::channel::<Bytes>(1);
+                        let _ = arrivals.send((req.uri().path().to_owned(), tx));
+                        let body = StreamBody::new(futures_util::stream::unfold(
+                            rx,
+                            |mut rx| async move {
+                                rx.recv().await.map(|b| {
+                                    (Ok::<_, std::convert::Infallible>(Frame::data(b)), rx)
+                                })
+                            },
+                        ));
+                        async move { Ok::<_, std::convert::Infallible>(Response::new(body)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (port, rx)
+    }
+
+    fn sidecar(
+        app_port: u16,
+        max_concurrency: Option<u32>,
+        app_health: Option<Arc<AppHealth>>,
+    ) -> Sidecar<UnavailableResolver> {
+        Sidecar::new(SidecarParts {
+            app_id: AppId::new("cart").unwrap(),
+            namespace: Namespace::default(),
+            app: Some(AppChannel::new(
+                crate::config::AppProtocol::Http,
+                "127.0.0.1",
+                app_port,
+            )),
+            resolver: Arc::new(UnavailableResolver),
+            fqdn: None,
+            allow_link_local: false,
+            endpoints: Endpoints::default(),
+            max_body: 1 << 20,
+            host_ip: "127.0.0.1".parse().unwrap(),
+            hostname: "test".into(),
+            app_health,
+            max_concurrency,
+            metrics: None,
+        })
+    }
+
+    async fn deliver(
+        sc: &Sidecar<UnavailableResolver>,
+        path: &str,
+    ) -> Result<Response<Body>, Cause> {
+        let method = Method::normalize(path.as_bytes()).unwrap();
+        sc.deliver(
+            http::Method::GET,
+            &method,
+            None,
+            HeaderMap::new(),
+            body::empty(),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_held_until_the_body_is_read_and_waiters_can_give_up() {
+        let (port, mut arrivals) = gated_app().await;
+        let sc = sidecar(port, Some(1), None);
+
+        // 1 gets the only slot; its body stays open.
+        let first = deliver(&sc, "one").await.unwrap();
+        let (path, feed_one) = arrivals.recv().await.unwrap();
+        assert_eq!(path, "/one");
+
+        // 2 queues (no 429) and is never sent while 1's body is open.
+        let mut second = Box::pin(deliver(&sc, "two"));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut second)
+                .await
+                .is_err(),
+            "the second request must wait for the slot"
+        );
+        assert!(arrivals.try_recv().is_err(), "the app must not see it yet");
+        // The caller gives up: its place in the queue goes with it.
+        drop(second);
+
+        // 1's body ends: the slot is free for 3, and 2 was never sent.
+        feed_one.send(Bytes::from_static(b"done")).await.unwrap();
+        drop(feed_one);
+        let body = first.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "done");
+        let third = tokio::time::timeout(Duration::from_secs(10), deliver(&sc, "three"))
+            .await
+            .expect("the slot was released")
+            .unwrap();
+        let (path, feed_three) = arrivals.recv().await.unwrap();
+        assert_eq!(
+            path, "/three",
+            "the cancelled request never reached the app"
+        );
+
+        // A dropped (unread) body frees the slot too.
+        drop(third);
+        drop(feed_three);
+        let _fourth = tokio::time::timeout(Duration::from_secs(10), deliver(&sc, "four"))
+            .await
+            .expect("dropping the body released the slot")
+            .unwrap();
+        assert_eq!(arrivals.recv().await.unwrap().0, "/four");
+    }
+
+    #[tokio::test]
+    async fn without_a_limit_requests_do_not_wait() {
+        let (port, mut arrivals) = gated_app().await;
+        let sc = sidecar(port, None, None);
+        let _one = deliver(&sc, "one").await.unwrap();
+        let _two = tokio::time::timeout(Duration::from_secs(10), deliver(&sc, "two"))
+            .await
+            .expect("no limit: the second request goes at once")
+            .unwrap();
+        assert_eq!(arrivals.recv().await.unwrap().0, "/one");
+        assert_eq!(arrivals.recv().await.unwrap().0, "/two");
+    }
+
+    #[tokio::test]
+    async fn an_unhealthy_app_is_not_called() {
+        let (port, mut arrivals) = gated_app().await;
+        let health = Arc::new(AppHealth::new(AppHealthSettings {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_millis(500),
+            threshold: 1,
+        }));
+        let sc = sidecar(port, Some(1), Some(health.clone()));
+        // Unhealthy until a probe succeeds (as in Dapr).
+        let err = deliver(&sc, "early").await.unwrap_err();
+        assert!(matches!(err, Cause::AppUnhealthy), "{err:?}");
+        assert!(
+            InvokeError::new("cart", err)
+                .message()
+                .contains("app is not in a healthy state")
+        );
+        health.report(true);
+        let _ok = deliver(&sc, "now").await.unwrap();
+        assert_eq!(
+            arrivals.recv().await.unwrap().0,
+            "/now",
+            "only the healthy call arrived"
+        );
+        health.report(false);
+        assert!(matches!(
+            deliver(&sc, "again").await.unwrap_err(),
+            Cause::AppUnhealthy
+        ));
+        assert!(arrivals.try_recv().is_err());
+    }
 }

@@ -1,5 +1,5 @@
-//! The only module that binds sockets: the HTTP API, the internal (sidecar-to-sidecar) port and
-//! the optional public health port; registration; graceful shutdown.
+//! The only module that binds sockets: the HTTP API, the internal (sidecar-to-sidecar) port,
+//! the optional public health and metrics ports; registration; graceful shutdown.
 
 use std::{
     convert::Infallible,
@@ -23,10 +23,13 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
     api::{self, Health},
+    apphealth::{self, AppHealth},
     body::Body,
-    config::{Mode, SidecarArgs},
+    config::{ConfigError, Mode, Settings, SidecarArgs},
     endpoints,
-    proxy::{Sidecar, SidecarParts},
+    kubernetes::UnavailableResolver,
+    metrics::Metrics,
+    proxy::{Resolve, Sidecar, SidecarParts},
     registry::{Entry, Registration, RegistryResolver, now_unix},
     upstream::{AppChannel, GuardedResolver, http_client, native_roots_tls},
 };
@@ -34,10 +37,18 @@ use crate::{
 /// Why the sidecar could not start; each names the flag or file to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot listen on {addr} (--{flag}): {source}")]
     Bind {
         addr: SocketAddr,
         flag: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on any of {addrs:?} (--dapr-listen-addresses): {source}")]
+    NoListenAddress {
+        addrs: Vec<IpAddr>,
         #[source]
         source: io::Error,
     },
@@ -64,6 +75,9 @@ pub struct Running {
     pub http_addrs: Vec<SocketAddr>,
     pub internal_addr: SocketAddr,
     pub public_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    /// What the registry holds (standalone mode) or would hold (kubernetes mode, which does not
+    /// register).
     pub entry: Entry,
     registration: Option<Registration>,
     shutdown: watch::Sender<bool>,
@@ -72,14 +86,77 @@ pub struct Running {
     grace: Duration,
 }
 
-/// Binds every port, loads resources, registers, and starts serving.
+/// Validates the flags, binds every port, loads resources, registers (standalone mode), and
+/// starts serving.
 pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartError> {
-    let Mode::Standalone = args.mode;
+    let settings = args.settings()?;
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    match args.mode {
+        Mode::Standalone => {
+            let resolver = Arc::new(RegistryResolver::new(args.registry_dir()));
+            let mut running = launch(args, &settings, info, resolver.clone()).await?;
+            resolver.rescan().await;
+            running.health.outbound_ready.store(true, Ordering::Release);
+            running
+                .running
+                .background
+                .spawn(resolver.clone().refresh_forever());
+            let dir = args.registry_dir();
+            let registration =
+                Registration::create(&dir, &running.running.entry).map_err(|source| {
+                    StartError::Register {
+                        dir: dir.display().to_string(),
+                        source,
+                    }
+                })?;
+            running.running.registration = Some(registration);
+            Ok(running.serving(args))
+        }
+        Mode::Kubernetes => {
+            // No registry: the root filesystem is read-only, and peers find pods through the
+            // Kubernetes API (not yet: see `kubernetes::UnavailableResolver`).
+            let running = launch(args, &settings, info, Arc::new(UnavailableResolver)).await?;
+            running.health.outbound_ready.store(true, Ordering::Release);
+            Ok(running.serving(args))
+        }
+    }
+}
+
+/// A sidecar whose sockets serve, before the mode's last steps.
+struct Launched {
+    running: Running,
+    health: Arc<Health>,
+}
+
+impl Launched {
+    fn serving(self, args: &SidecarArgs) -> Running {
+        let r = &self.running;
+        tracing::info!(
+            app_id = %args.app_id,
+            namespace = %args.namespace,
+            mode = ?args.mode,
+            http = ?r.http_addrs,
+            internal = %r.internal_addr,
+            public = ?r.public_addr,
+            metrics = ?r.metrics_addr,
+            "sidecar is serving"
+        );
+        self.running
+    }
+}
+
+async fn launch<R: Resolve>(
+    args: &SidecarArgs,
+    settings: &Settings,
+    info: RunInfo,
+    resolver: Arc<R>,
+) -> Result<Launched, StartError> {
     let endpoints = endpoints::load(&args.resources_path, &args.app_id, &args.namespace)?;
     if !endpoints.is_empty() {
         tracing::info!(endpoints = ?endpoints.names(), "loaded HTTPEndpoints");
     }
-    let resolver = Arc::new(RegistryResolver::new(args.registry_dir()));
     let app = args.app_port.map(|port| {
         AppChannel::new(
             args.effective_app_protocol(),
@@ -89,19 +166,36 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
     });
     let fqdn = (!args.disable_fqdn_invocation)
         .then(|| http_client(native_roots_tls(), guard(args), false));
+    let metrics = settings
+        .metrics
+        .map(|_| Arc::new(Metrics::new(&args.app_id)));
+    let app_health = settings
+        .app_health
+        .clone()
+        .map(|s| Arc::new(AppHealth::new(s)));
     let sidecar = Arc::new(Sidecar::new(SidecarParts {
         app_id: args.app_id.clone(),
         namespace: args.namespace.clone(),
-        app,
-        resolver: resolver.clone(),
+        app: app.clone(),
+        resolver,
         fqdn,
         allow_link_local: args.allow_fqdn_link_local,
         endpoints,
-        max_body: args.max_body_size,
-        host_ip: args.host_ip,
+        max_body: settings.max_body,
+        host_ip: settings.host_ip,
         hostname: hostname(),
+        app_health: app_health.clone(),
+        max_concurrency: settings.max_concurrency,
+        metrics: metrics.clone(),
     }));
     let health = Arc::new(Health::default());
+    if !args.config.is_empty() {
+        health
+            .extended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert("configuration".into(), args.config.join(","));
+    }
 
     // Bind everything before serving anything, so a busy port fails the start cleanly.
     let http_listeners = bind_http(args).await?;
@@ -109,11 +203,7 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
-    let internal_bind = SocketAddr::new(
-        args.dapr_internal_grpc_listen_address,
-        args.dapr_internal_grpc_port.unwrap_or(0),
-    );
-    let internal = bind(internal_bind, "dapr-internal-grpc-port").await?;
+    let internal = bind(settings.internal, "dapr-internal-grpc-port").await?;
     let internal_addr = internal
         .local_addr()
         .expect("a bound socket has an address");
@@ -128,6 +218,11 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
         None => None,
     };
     let public_addr = public.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_listener = match settings.metrics {
+        Some(addr) => Some(bind(addr, "metrics-port").await?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let grace = args.graceful_shutdown();
@@ -179,17 +274,32 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
             first_request,
         ));
     }
+    if let (Some(listener), Some(m)) = (metrics_listener, &metrics) {
+        let m = m.clone();
+        let svc = move |req: Request<Incoming>| {
+            let m = m.clone();
+            async move { Ok::<_, Infallible>(api::serve_metrics(&m, &req)) }
+        };
+        tasks.spawn(serve(
+            listener,
+            api_builder.clone(),
+            svc,
+            shutdown_rx.clone(),
+            grace,
+            first_request,
+        ));
+    }
 
     let mut background = JoinSet::new();
-    resolver.rescan().await;
-    health.outbound_ready.store(true, Ordering::Release);
-    background.spawn(resolver.clone().refresh_forever());
     match args.app_port {
         None => health.app_ready.store(true, Ordering::Release),
         Some(port) => {
             let (h, addr) = (health.clone(), args.app_channel_address.clone());
             background.spawn(async move { wait_for_app(&addr, port, &h).await });
         }
+    }
+    if let (Some(app_health), Some(app)) = (app_health, app) {
+        background.spawn(apphealth::probe_forever(app_health, app, metrics));
     }
 
     let entry = Entry {
@@ -208,30 +318,20 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
         command: info.command,
         started_at: now_unix(),
     };
-    let dir = args.registry_dir();
-    let registration =
-        Registration::create(&dir, &entry).map_err(|source| StartError::Register {
-            dir: dir.display().to_string(),
-            source,
-        })?;
-    tracing::info!(
-        app_id = %args.app_id,
-        namespace = %args.namespace,
-        http = ?http_addrs,
-        internal = %internal_addr,
-        public = ?public_addr,
-        "sidecar is serving"
-    );
-    Ok(Running {
-        http_addrs,
-        internal_addr,
-        public_addr,
-        entry,
-        registration: Some(registration),
-        shutdown,
-        tasks,
-        background,
-        grace,
+    Ok(Launched {
+        running: Running {
+            http_addrs,
+            internal_addr,
+            public_addr,
+            metrics_addr,
+            entry,
+            registration: None,
+            shutdown,
+            tasks,
+            background,
+            grace,
+        },
+        health,
     })
 }
 
@@ -300,6 +400,10 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Start
 
 /// Binds the HTTP API: on the given addresses, or on 127.0.0.1 and (when the machine has IPv6)
 /// [::1]. Port 0 picks a free port, the same one on every address.
+///
+/// An address this machine does not have (Dapr's default `[::1],127.0.0.1` on a host without
+/// IPv6) is skipped, as daprd skips it, as long as another address works; any other failure
+/// (a busy port, say) stops the start.
 async fn bind_http(args: &SidecarArgs) -> Result<Vec<TcpListener>, StartError> {
     let explicit = !args.dapr_listen_addresses.is_empty();
     let addrs: Vec<IpAddr> = if explicit {
@@ -309,8 +413,9 @@ async fn bind_http(args: &SidecarArgs) -> Result<Vec<TcpListener>, StartError> {
     };
     let mut port = args.dapr_http_port;
     let mut out = Vec::new();
-    for (i, ip) in addrs.into_iter().enumerate() {
-        let addr = SocketAddr::new(ip, port);
+    let mut missing = None;
+    for ip in &addrs {
+        let addr = SocketAddr::new(*ip, port);
         match TcpListener::bind(addr).await {
             Ok(l) => {
                 if port == 0 {
@@ -318,8 +423,13 @@ async fn bind_http(args: &SidecarArgs) -> Result<Vec<TcpListener>, StartError> {
                 }
                 out.push(l);
             }
-            Err(source) if !explicit && i > 0 => {
-                tracing::debug!(%addr, error = %source, "not listening on IPv6 loopback");
+            Err(source) if not_on_this_machine(&source) => {
+                if explicit {
+                    tracing::warn!(%addr, error = %source, "skipping a listen address this machine does not have (--dapr-listen-addresses)");
+                } else {
+                    tracing::debug!(%addr, error = %source, "not listening on IPv6 loopback");
+                }
+                missing = Some(source);
             }
             Err(source) => {
                 return Err(StartError::Bind {
@@ -330,7 +440,20 @@ async fn bind_http(args: &SidecarArgs) -> Result<Vec<TcpListener>, StartError> {
             }
         }
     }
-    Ok(out)
+    match (out.is_empty(), missing) {
+        (true, Some(source)) => Err(StartError::NoListenAddress { addrs, source }),
+        _ => Ok(out),
+    }
+}
+
+/// The address does not exist here (EADDRNOTAVAIL), or its family is not supported
+/// (EAFNOSUPPORT: a kernel without IPv6).
+fn not_on_this_machine(e: &io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    const EAFNOSUPPORT: i32 = 97;
+    #[cfg(not(target_os = "linux"))]
+    const EAFNOSUPPORT: i32 = 47;
+    e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
 }
 
 fn http_builder(args: &SidecarArgs, internal: bool) -> auto::Builder<TokioExecutor> {
@@ -450,4 +573,21 @@ pub fn hostname() -> String {
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn addresses_this_machine_lacks_are_told_apart_from_busy_ports() {
+        // 192.0.2.0/24 is documentation space: no machine has it.
+        let missing = TcpListener::bind("192.0.2.1:0").await.unwrap_err();
+        assert!(not_on_this_machine(&missing), "{missing:?}");
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let busy = TcpListener::bind(taken.local_addr().unwrap())
+            .await
+            .unwrap_err();
+        assert!(!not_on_this_machine(&busy), "{busy:?}");
+    }
 }

@@ -47,6 +47,9 @@ pub enum Cause {
     NoAppChannel,
     #[error("error invoking app channel: {0}")]
     AppChannel(String),
+    /// `--enable-app-health-check` says the app is unhealthy (Dapr's text, matched by tools).
+    #[error("app is not in a healthy state")]
+    AppUnhealthy,
     #[error(
         "request body is larger than the limit of {limit} bytes (raise it with --max-body-size)"
     )]
@@ -90,6 +93,7 @@ impl Cause {
             Cause::Resolve { .. } => "resolve",
             Cause::NoLocalAppChannel | Cause::NoAppChannel => "no-app-channel",
             Cause::AppChannel(_) => "app-channel",
+            Cause::AppUnhealthy => "app-unhealthy",
             Cause::BodyTooLarge { .. } => "body-too-large",
             Cause::Remote(_) => "remote",
             Cause::External { .. } => "external",
@@ -105,6 +109,7 @@ impl Cause {
     fn grpc_prefix(&self) -> &'static str {
         match self {
             Cause::InvalidMethod(_) => "rpc error: code = InvalidArgument desc = ",
+            Cause::AppUnhealthy => "rpc error: code = Internal desc = ",
             Cause::Callee { status, .. } if *status == StatusCode::FORBIDDEN => {
                 "rpc error: code = PermissionDenied desc = "
             }
