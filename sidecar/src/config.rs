@@ -176,6 +176,7 @@ pub struct SidecarArgs {
     #[arg(long, env = "FERRY_MODE", value_enum, default_value = "standalone")]
     pub mode: Mode,
 
+    /// How much to log (Dapr's levels).
     #[arg(long, env = "FERRY_LOG_LEVEL", value_enum, default_value = "info")]
     pub log_level: LogLevel,
 
