@@ -270,3 +270,41 @@ pub async fn install_crds(client: &Client) {
         .await;
     }
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a process the test starts. (Another
+/// process may take it in between; the kernel hands out ephemeral ports round-robin, so that is
+/// rare.)
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind an ephemeral port on 127.0.0.1")
+        .port()
+}
+
+/// A binary of this workspace as `cargo build --workspace --bins` left it (under
+/// `$CARGO_TARGET_DIR`, else `<root>/target`), failing with the command to build it.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing (build it with: cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A client for the harness cluster acting as `user` (the administrator impersonates it), e.g.
+/// `system:serviceaccount:<ns>:<name>`: the API server's authorization and admission see that
+/// user.
+pub async fn client_as(user: &str) -> anyhow::Result<Client> {
+    let env = ClusterEnv::load()?;
+    let path = env.kubeconfig()?;
+    let kc =
+        Kubeconfig::read_from(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    config.auth_info.impersonate = Some(user.to_owned());
+    Ok(Client::try_from(config)?)
+}
