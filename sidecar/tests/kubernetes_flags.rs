@@ -413,7 +413,13 @@ async fn kubernetes_mode_fails_other_app_ids_clearly_and_keeps_local_and_externa
         ("cart", "cart", "shop"),
         ("cart.billing", "cart", "billing"),
     ] {
+        let started = Instant::now();
         let r = get(&f.api(&format!("/v1.0/invoke/{target}/method/x"))).await;
+        // Fails at once: no lookup, no connection attempt (those would take seconds).
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{target}: slow failure"
+        );
         let msg = r.invoke_error(500);
         assert!(
             msg.contains(&format!("'{app_id}'")) && msg.contains(&format!("'{ns}'")),
