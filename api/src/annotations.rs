@@ -98,6 +98,14 @@ pub enum AnnotationError {
     },
     #[error("annotation {key}: {reason}")]
     NotASize { key: &'static str, reason: String },
+    #[error(
+        "annotation dapr.io/enable-app-health-check is on but dapr.io/app-port is not set: there is no app to probe (set dapr.io/app-port, or turn the health check off)"
+    )]
+    HealthCheckWithoutAppPort,
+    #[error(
+        "annotation dapr.io/app-health-probe-timeout: {timeout_ms:?} (milliseconds) is longer than dapr.io/app-health-probe-interval ({interval_s} seconds); the timeout must be at most the interval"
+    )]
+    ProbeTimeoutAboveInterval { timeout_ms: String, interval_s: u32 },
     #[error("annotation {key}: {value:?} is not a list of the form {format}")]
     BadList {
         key: &'static str,
@@ -593,7 +601,7 @@ impl SidecarConfig {
                     allowed: "an absolute HTTP path such as /healthz",
                 });
             }
-            Some(AppHealthCheck {
+            let check = AppHealthCheck {
                 path,
                 probe_interval_seconds: r
                     .int(keys::APP_HEALTH_PROBE_INTERVAL, 1, POSITIVE)?
@@ -602,7 +610,18 @@ impl SidecarConfig {
                     .int(keys::APP_HEALTH_PROBE_TIMEOUT, 1, POSITIVE)?
                     .unwrap_or(500),
                 threshold: r.int(keys::APP_HEALTH_THRESHOLD, 1, POSITIVE)?.unwrap_or(3),
-            })
+            };
+            // What ferryd would refuse to start with is refused here, where the pod's author
+            // sees it, instead of in a crash-looping container.
+            if u64::from(check.probe_timeout_millis)
+                > u64::from(check.probe_interval_seconds) * 1000
+            {
+                return Err(AnnotationError::ProbeTimeoutAboveInterval {
+                    timeout_ms: check.probe_timeout_millis.to_string(),
+                    interval_s: check.probe_interval_seconds,
+                });
+            }
+            Some(check)
         } else {
             None
         };
@@ -627,9 +646,13 @@ impl SidecarConfig {
                 Ok(EnvFromSecret { name, secret, key })
             })
             .collect::<Result<_, _>>()?;
+        let app_port = r.port(keys::APP_PORT)?;
+        if app_health_check.is_some() && app_port.is_none() {
+            return Err(AnnotationError::HealthCheckWithoutAppPort);
+        }
         Ok(Self {
             app_id,
-            app_port: r.port(keys::APP_PORT)?,
+            app_port,
             app_protocol,
             app_ssl: r.bool(keys::APP_SSL, false)?,
             config: r.string(keys::CONFIG),
@@ -796,14 +819,6 @@ mod tests {
             (keys::GRACEFUL_SHUTDOWN_SECONDS, "30", |c| {
                 c.graceful_shutdown_seconds = 30
             }),
-            (keys::ENABLE_APP_HEALTH_CHECK, "true", |c| {
-                c.app_health_check = Some(AppHealthCheck {
-                    path: s("/healthz"),
-                    probe_interval_seconds: 5,
-                    probe_timeout_millis: 500,
-                    threshold: 3,
-                });
-            }),
             (keys::SIDECAR_CPU_REQUEST, "100m", |c| {
                 c.resources.cpu_request = Some(s("100m"))
             }),
@@ -904,6 +919,7 @@ mod tests {
     #[test]
     fn app_health_check_settings() {
         let cfg = parse(&[
+            (keys::APP_PORT, "8080"),
             (keys::ENABLE_APP_HEALTH_CHECK, "1"),
             (keys::APP_HEALTH_CHECK_PATH, "/ready"),
             (keys::APP_HEALTH_PROBE_INTERVAL, "10"),
@@ -918,6 +934,20 @@ mod tests {
             threshold: 4,
         };
         assert_eq!(cfg.app_health_check, Some(want));
+        // Enabled alone, Dapr's defaults.
+        let defaults = parse(&[
+            (keys::APP_PORT, "8080"),
+            (keys::ENABLE_APP_HEALTH_CHECK, "true"),
+        ]);
+        assert_eq!(
+            defaults.unwrap().app_health_check,
+            Some(AppHealthCheck {
+                path: s("/healthz"),
+                probe_interval_seconds: 5,
+                probe_timeout_millis: 500,
+                threshold: 3,
+            })
+        );
         // The settings alone do not enable the check.
         assert_eq!(
             parse(&[(keys::APP_HEALTH_CHECK_PATH, "/ready")])
@@ -930,10 +960,27 @@ mod tests {
     #[test]
     fn invalid_values_name_the_annotation_the_value_and_what_is_allowed() {
         let h = |k: &'static str, v: &'static str| {
-            vec![(keys::ENABLE_APP_HEALTH_CHECK, "true"), (k, v)]
+            vec![
+                (keys::APP_PORT, "8080"),
+                (keys::ENABLE_APP_HEALTH_CHECK, "true"),
+                (k, v),
+            ]
         };
         let long_id = "a".repeat(59);
         let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (
+                vec![(keys::ENABLE_APP_HEALTH_CHECK, "true")],
+                "annotation dapr.io/enable-app-health-check is on but dapr.io/app-port is not set: there is no app to probe (set dapr.io/app-port, or turn the health check off)",
+            ),
+            (
+                vec![
+                    (keys::APP_PORT, "8080"),
+                    (keys::ENABLE_APP_HEALTH_CHECK, "true"),
+                    (keys::APP_HEALTH_PROBE_INTERVAL, "1"),
+                    (keys::APP_HEALTH_PROBE_TIMEOUT, "1500"),
+                ],
+                r#"annotation dapr.io/app-health-probe-timeout: "1500" (milliseconds) is longer than dapr.io/app-health-probe-interval (1 seconds); the timeout must be at most the interval"#,
+            ),
             (
                 vec![(keys::APP_PORT, "70000")],
                 r#"annotation dapr.io/app-port: "70000" is not a port (1-65535)"#,

@@ -24,15 +24,6 @@ struct Ferryd {
 /// What the downward API gives the container as `POD_IP`.
 const POD_IP: &str = "10.244.1.17";
 
-/// Fixtures the injector admits whose sidecar ferryd refuses to start, with the reason. Each
-/// is a bug in the injector (it should deny such a pod, naming the annotations), listed here
-/// so that the test stays green meanwhile and fails once the entry is no longer true.
-const INJECTOR_SHOULD_DENY: &[(&str, ConfigError)] = &[(
-    // dapr.io/enable-app-health-check without dapr.io/app-port: nothing to probe.
-    "app-health-check",
-    ConfigError::HealthCheckWithoutAppPort,
-)];
-
 /// The `daprd` container's command and args in a JSON patch, if it adds one.
 fn daprd_container(patch: &Value) -> Option<(Vec<String>, Vec<String>)> {
     let strings = |v: &Value| -> Vec<String> {
@@ -79,29 +70,11 @@ fn every_fixtures_daprd_arguments_start_ferryd() {
         };
         checked += 1;
         assert_eq!(command, ["/ferryd"], "{name}");
-        let known = INJECTOR_SHOULD_DENY.iter().find(|(f, _)| *f == name);
-        match (ferryd_accepts(&args), known) {
-            (Ok(()), None) => {}
-            (Err(e), None) => failures.push(format!("{name}: ferryd refuses {args:?}: {e}")),
-            (Err(e), Some((_, want))) if e == want.to_string() => {}
-            (Err(e), Some((_, want))) => failures.push(format!(
-                "{name}: listed as refused with {want:?}, but refused with: {e}"
-            )),
-            (Ok(()), Some(_)) => failures.push(format!(
-                "{name}: ferryd now accepts it; remove it from INJECTOR_SHOULD_DENY"
-            )),
+        if let Err(e) = ferryd_accepts(&args) {
+            failures.push(format!("{name}: ferryd refuses {args:?}: {e}"));
         }
     }
     assert!(checked >= 20, "only {checked} fixtures inject a sidecar");
-    for (fixture, _) in INJECTOR_SHOULD_DENY {
-        let text = fs::read_to_string(root.join(fixture).join("expected.patch.json"))
-            .unwrap_or_else(|e| panic!("INJECTOR_SHOULD_DENY names {fixture}: {e}"));
-        if daprd_container(&serde_json::from_str(&text).unwrap()).is_none() {
-            failures.push(format!(
-                "{fixture}: no longer injected; remove it from INJECTOR_SHOULD_DENY"
-            ));
-        }
-    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -214,7 +187,8 @@ fn every_flag_the_injector_can_write_starts_ferryd() {
 type Annotations = &'static [(&'static str, &'static str)];
 
 /// The same invariant for annotation combinations no fixture has: what the injector admits,
-/// ferryd must start with. Known gaps are listed with ferryd's reason.
+/// ferryd must start with; what ferryd would refuse (with the reason given), the injector
+/// must refuse at admission.
 #[test]
 fn annotation_combinations_the_injector_admits() {
     let base = [("dapr.io/enabled", "true"), ("dapr.io/app-id", "orders")];
@@ -235,7 +209,7 @@ fn annotation_combinations_the_injector_admits() {
             ],
             None,
         ),
-        // Injector bug: admitted, but the probe timeout is longer than the interval.
+        // Refused by the injector, naming the annotations, because ferryd could not start.
         (
             &[
                 ("dapr.io/app-port", "8080"),
@@ -248,25 +222,23 @@ fn annotation_combinations_the_injector_admits() {
                 interval_s: 1,
             }),
         ),
-        // Injector bug: admitted, but there is no app port to probe.
+        // Refused by the injector: there is no app port to probe.
         (
             &[("dapr.io/enable-app-health-check", "true")],
             Some(ConfigError::HealthCheckWithoutAppPort),
         ),
     ];
-    for (extra, refused) in cases {
+    for (extra, ferryd_would_refuse) in cases {
         let annotations: Vec<(&str, &str)> = base.iter().chain(extra.iter()).copied().collect();
-        let Some(args) = try_injected_args(&annotations) else {
-            assert!(
-                refused.is_some(),
-                "{extra:?}: the injector denies a pod ferryd would start"
-            );
-            panic!("{extra:?}: the injector now denies this pod, as it should: drop this case");
-        };
-        let got = ferryd_accepts(&args);
-        match refused {
-            None => assert_eq!(got, Ok(()), "{extra:?}: {args:?}"),
-            Some(e) => assert_eq!(got, Err(e.to_string()), "{extra:?}: {args:?}"),
+        match (try_injected_args(&annotations), ferryd_would_refuse) {
+            (Some(args), None) => assert_eq!(ferryd_accepts(&args), Ok(()), "{extra:?}: {args:?}"),
+            (None, Some(_)) => {}
+            (Some(args), Some(e)) => {
+                panic!(
+                    "{extra:?}: the injector admits a pod whose ferryd would refuse to start ({e}): {args:?}"
+                )
+            }
+            (None, None) => panic!("{extra:?}: the injector denies a pod ferryd would start"),
         }
     }
 }
