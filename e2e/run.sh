@@ -16,6 +16,14 @@ CARGO="${CARGO:-cargo}"
 
 [[ $EUID -eq 0 ]] || { echo "e2e: network namespaces need root" >&2; exit 1; }
 
+# One cluster per machine (the network namespace and the bridge are fixed names): a second run
+# waits for the first instead of tearing its cluster down.
+exec 9>"${TMPDIR:-/tmp}/ferry-e2e.lock"
+if ! flock -n 9; then
+  echo "e2e: another run holds ${TMPDIR:-/tmp}/ferry-e2e.lock; waiting for it" >&2
+  flock 9
+fi
+
 bash e2e/controlplane/build.sh
 # Every binary: the kubelet and the test app, and what pods run (ferryd, ferry-operator).
 "$CARGO" build --quiet --workspace --bins
