@@ -40,7 +40,7 @@ stop() {
 }
 trap stop EXIT
 
-bash e2e/controlplane/up.sh
+bash e2e/controlplane/up.sh 9>&-
 # Inside the namespace nothing can be downloaded: everything was built above.
 ip netns exec ferry-e2e env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY \
-  "$CARGO" test --offline -p ferry-e2e -- --ignored --test-threads=2 "$@"
+  "$CARGO" test --offline -p ferry-e2e -- --ignored --test-threads=2 "$@" 9>&-
