@@ -12,7 +12,9 @@
 //! - `GET /env`: the process environment as a JSON object;
 //! - `GET /file?path=…`: the file's contents (404 when it cannot be read).
 //!
-//! Listens on `--port`, else `$PORT`, else 8080, on every address; exits 0 on SIGTERM.
+//! Listens on `--port`, else `$PORT`, else 8080, on every address; exits 0 on SIGTERM, after
+//! `--drain-seconds` (`$DRAIN_SECONDS`, default 0) of serving on as usual: a well-behaved app
+//! that gives its endpoints time to leave the load balancers before it stops.
 //! `--marker <text>` is accepted and ignored (it tags the command line for `pgrep -f`).
 #![forbid(unsafe_code)]
 
@@ -39,6 +41,9 @@ struct Args {
     /// Port to listen on.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     port: u16,
+    /// Seconds to keep serving after SIGTERM.
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 0)]
+    drain_seconds: u64,
     /// Ignored: a tag on the command line, so that a test can find the process (`pgrep -f`).
     #[arg(long)]
     marker: Option<String>,
@@ -58,20 +63,28 @@ async fn main() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("cannot listen for SIGTERM");
     let port = args.port;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(req, port));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+    let serve = async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(req, port));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
         }
+    };
+    tokio::pin!(serve);
+    tokio::select! {
+        () = &mut serve => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    if args.drain_seconds > 0 {
+        eprintln!("ferry-testapp: draining for {}s", args.drain_seconds);
+        let _ = tokio::time::timeout(Duration::from_secs(args.drain_seconds), &mut serve).await;
     }
     eprintln!("ferry-testapp: stopping");
 }

@@ -19,6 +19,17 @@
 //! (without `command`, `args` alone). With `honourCommand: true` the image is a toolbox: a
 //! container's `command` runs as given (looked up in the container's `PATH`) and the mapped
 //! executable is only the entrypoint used when `command` is empty.
+//!
+//! Like a real image, a rule may also have a default `cmd` (the image's CMD: the arguments used
+//! when the container sets neither `command` nor `args`) and a `workingDir` (the image's
+//! WORKDIR, relative to `root`; used when the container sets none):
+//!
+//! ```yaml
+//!   - match: "ferry.test/cart:*"
+//!     exec: deploy/samples/cart/.venv/bin/python
+//!     cmd: [app.py]
+//!     workingDir: deploy/samples/cart
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +64,9 @@ struct RuleFile {
     exec: PathBuf,
     #[serde(default)]
     honour_command: bool,
+    #[serde(default)]
+    cmd: Vec<String>,
+    working_dir: Option<PathBuf>,
 }
 
 /// One image pattern and the executable that stands in for it.
@@ -61,6 +75,10 @@ pub struct ImageRule {
     pub pattern: String,
     pub exec: PathBuf,
     pub honour_command: bool,
+    /// The image's default arguments (CMD).
+    pub cmd: Vec<String>,
+    /// The image's working directory (WORKDIR), absolute.
+    pub working_dir: Option<PathBuf>,
 }
 
 /// What to run for one container: a program and its arguments (argv[1..]).
@@ -75,6 +93,10 @@ impl ImageRule {
     pub fn launch(&self, command: &[String], args: &[String]) -> Launch {
         let exec = self.exec.display().to_string();
         match command.split_first() {
+            None if args.is_empty() => Launch {
+                program: exec,
+                args: self.cmd.clone(),
+            },
             None => Launch {
                 program: exec,
                 args: args.to_vec(),
@@ -160,8 +182,16 @@ fn parse(text: &str, base: &Path) -> Result<Vec<ImageRule>, String> {
             }
             Ok(ImageRule {
                 pattern: r.pattern,
-                exec: clean(&root.join(r.exec)),
+                // A bare name (`node`) is looked up in the container's PATH, like an image
+                // whose entrypoint is a program from its base layer.
+                exec: if r.exec.components().count() == 1 && r.exec.is_relative() {
+                    r.exec
+                } else {
+                    clean(&root.join(r.exec))
+                },
                 honour_command: r.honour_command,
+                cmd: r.cmd,
+                working_dir: r.working_dir.map(|d| clean(&root.join(d))),
             })
         })
         .collect()
@@ -173,6 +203,8 @@ fn parse_override(spec: &str, cwd: &Path) -> Result<ImageRule, ImageMapError> {
             pattern: pattern.to_owned(),
             exec: clean(&cwd.join(exec)),
             honour_command: false,
+            cmd: Vec::new(),
+            working_dir: None,
         }),
         _ => Err(ImageMapError::Override {
             spec: spec.to_owned(),
@@ -254,7 +286,24 @@ mod tests {
             pattern: pattern.into(),
             exec: exec.into(),
             honour_command,
+            cmd: Vec::new(),
+            working_dir: None,
         }
+    }
+
+    #[test]
+    fn image_cmd_and_working_dir() {
+        let text = "root: ..\nimages:\n  - match: \"ferry.test/cart:*\"\n    exec: s/cart/.venv/bin/python\n    cmd: [app.py]\n    workingDir: s/cart\n";
+        let rules = parse(text, Path::new("/repo/e2e")).unwrap();
+        let r = &rules[0];
+        assert_eq!(r.working_dir.as_deref(), Some(Path::new("/repo/s/cart")));
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // Neither command nor args: the image's CMD.
+        assert_eq!(r.launch(&[], &[]).args, s(&["app.py"]));
+        // args replace CMD; a command replaces both (the entrypoint is still the image).
+        assert_eq!(r.launch(&[], &s(&["other.py"])).args, s(&["other.py"]));
+        assert_eq!(r.launch(&s(&["python", "-V"]), &[]).args, s(&["-V"]));
+        assert_eq!(r.launch(&[], &[]).program, "/repo/s/cart/.venv/bin/python");
     }
 
     #[test]

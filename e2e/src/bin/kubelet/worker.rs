@@ -634,6 +634,7 @@ impl Worker {
             .as_deref()
             .filter(|d| !d.is_empty())
             .map(Into::into)
+            .or_else(|| rule.working_dir.clone())
             .unwrap_or_else(|| pod_dir.clone());
         let spec = LaunchSpec {
             netns: net.names.as_ref().map(|n| n.netns.clone()),
