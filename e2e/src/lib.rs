@@ -308,3 +308,102 @@ pub async fn client_as(user: &str) -> anyhow::Result<Client> {
     config.auth_info.impersonate = Some(user.to_owned());
     Ok(Client::try_from(config)?)
 }
+
+/// Creates the objects of an RBAC manifest such as `deploy/rbac/ferry-injector.yaml` for a
+/// component installed in namespace `ns`, so that tests run components under exactly the
+/// permissions users install:
+/// - ServiceAccounts, Roles and RoleBindings go into `ns` (subjects too);
+/// - ClusterRoles and ClusterRoleBindings are renamed `<name>-<ns>` (and a binding's roleRef
+///   with them) and owned by the namespace, so they are deleted with it;
+/// - `resource_names` renames entries of rules' `resourceNames`, for objects that the test
+///   names differently (e.g. `ferry-injector` → the test's webhook configuration).
+pub async fn install_rbac(
+    client: &Client,
+    file: &Path,
+    ns: &str,
+    resource_names: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    use kube::{
+        ResourceExt as _,
+        api::{ApiResource, DynamicObject, GroupVersionKind},
+    };
+    use serde_json::{Value, json};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+        .with_context(|| format!("{} is not YAML", file.display()))?;
+    let namespace: Namespace = Api::all(client.clone()).get(ns).await?;
+    let owner = json!([{
+        "apiVersion": "v1", "kind": "Namespace", "name": ns, "uid": namespace.uid(),
+    }]);
+    for mut doc in docs {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        let (group, version) = match doc["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .split_once('/')
+        {
+            Some((g, v)) => (g.to_owned(), v.to_owned()),
+            None => (
+                String::new(),
+                doc["apiVersion"].as_str().unwrap_or("v1").to_owned(),
+            ),
+        };
+        if let Some(subjects) = doc["subjects"].as_array_mut() {
+            for s in subjects
+                .iter_mut()
+                .filter(|s| s["kind"] == "ServiceAccount")
+            {
+                s["namespace"] = json!(ns);
+            }
+        }
+        if let Some(rules) = doc["rules"].as_array_mut() {
+            for names in rules
+                .iter_mut()
+                .filter_map(|r| r["resourceNames"].as_array_mut())
+            {
+                for n in names.iter_mut() {
+                    if let Some((_, to)) = resource_names.iter().find(|(from, _)| n == from) {
+                        *n = json!(to);
+                    }
+                }
+            }
+        }
+        let cluster_scoped = matches!(kind.as_str(), "ClusterRole" | "ClusterRoleBinding");
+        if cluster_scoped {
+            let name = format!(
+                "{}-{ns}",
+                doc["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            doc["metadata"]["name"] = json!(name);
+            doc["metadata"]["ownerReferences"] = owner.clone();
+            if kind == "ClusterRoleBinding" && doc["roleRef"]["kind"] == "ClusterRole" {
+                let role = format!(
+                    "{}-{ns}",
+                    doc["roleRef"]["name"].as_str().unwrap_or_default()
+                );
+                doc["roleRef"]["name"] = json!(role);
+            }
+        } else {
+            doc["metadata"]["namespace"] = json!(ns);
+        }
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, &kind));
+        let api: Api<DynamicObject> = if cluster_scoped {
+            Api::all_with(client.clone(), &resource)
+        } else {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        };
+        let object: DynamicObject = serde_json::from_value(doc)
+            .with_context(|| format!("{}: a {kind} is not an object", file.display()))?;
+        api.create(&PostParams::default(), &object)
+            .await
+            .with_context(|| {
+                format!(
+                    "{}: cannot create {kind} {}",
+                    file.display(),
+                    object.name_any()
+                )
+            })?;
+    }
+    Ok(())
+}
