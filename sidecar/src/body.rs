@@ -223,16 +223,17 @@ pub fn content_length(h: &HeaderMap) -> Option<u64> {
     v.to_str().ok()?.trim().parse().ok()
 }
 
-/// A response body that holds one of the app's concurrency slots (`--app-max-concurrency`)
-/// until it has been read to its end, failed, or been dropped (the client went away): the app
-/// is still busy with a request while it sends the body.
-struct Holding {
+/// A response body that holds something until it has been read to its end, failed, or been
+/// dropped (the client went away): one of the app's concurrency slots (`--app-max-concurrency`),
+/// or a peer's in-flight count (`balance::InFlight`). The app (or the peer) is still busy with
+/// a request while it sends the body.
+struct Holding<G> {
     inner: Body,
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: Option<G>,
 }
 
 /// Ties `slot` to `body`'s lifetime.
-pub fn holding(body: Body, slot: tokio::sync::OwnedSemaphorePermit) -> Body {
+pub fn holding<G: Send + Unpin + 'static>(body: Body, slot: G) -> Body {
     if body.is_end_stream() {
         return body; // nothing left to send: the slot is free now
     }
@@ -243,7 +244,7 @@ pub fn holding(body: Body, slot: tokio::sync::OwnedSemaphorePermit) -> Body {
     .boxed_unsync()
 }
 
-impl HttpBody for Holding {
+impl<G: Unpin> HttpBody for Holding<G> {
     type Data = Bytes;
     type Error = BoxError;
 

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod apphealth;
+pub mod balance;
 pub mod body;
 pub mod config;
 pub mod endpoints;

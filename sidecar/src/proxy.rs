@@ -1,7 +1,13 @@
 //! The invocation paths: caller side (an app's request to its sidecar) and callee side (a peer
 //! sidecar's request for this sidecar's app).
 
-use std::{error::Error as StdError, future::Future, net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    error::Error as StdError,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
 
 use arc_swap::ArcSwap;
 use ferry_api::{AppId, Namespace, headers as names};
@@ -18,6 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     apphealth::AppHealth,
+    balance::{InFlight, Instances},
     body::{self, Body, Limited, find_too_large},
     endpoints::{Endpoint, Endpoints},
     invoke::{
@@ -27,7 +34,7 @@ use crate::{
         trace,
     },
     metrics::{CallType, Metrics, Peer},
-    registry::{Instances, RegistryResolver},
+    registry::RegistryResolver,
     upstream::{AppChannel, Blocked, HttpClient, PeerPool, is_blocked},
 };
 
@@ -361,18 +368,34 @@ impl<R: Resolve> Sidecar<R> {
             None => method.path(),
         };
         let mut req = Request::from_parts(parts, body::boxed(body));
-        let start = instances.start();
-        let mut last_error = String::new();
+        let mut last_error = format!("no instance of {id} is available");
         let mut instances = instances;
+        // At most MAX_ATTEMPTS addresses: no allocation beyond the first failure.
+        let mut tried: Vec<SocketAddr> = Vec::new();
         for attempt in 0..attempts {
-            if attempt > 0 && instances.addrs.len() == 1 {
-                // Perhaps another instance has started, or this one has gone: look again.
-                self.resolver.unreachable().await;
+            if attempt > 0 {
+                // Look again: the failed instance may have left the snapshot, another may have
+                // come. When every known instance has failed, the resolver may refresh first.
+                if instances.untried(&tried) == 0 {
+                    self.resolver.unreachable().await;
+                }
                 if let Ok(fresh) = self.resolver.resolve(id, ns, explicit).await {
                     instances = fresh;
                 }
             }
-            let addr = instances.addrs[(start + attempt) % instances.addrs.len()];
+            // An instance not tried yet; when all have been, any (it may have come back).
+            let Some(backend) = instances
+                .pick(&tried)
+                .or_else(|| instances.pick(&[]))
+                .cloned()
+            else {
+                break;
+            };
+            let addr = backend.addr;
+            tried.push(addr);
+            // Counted from here (connecting included, so a burst spreads over the instances)
+            // until the response body ends; dropped with the request if this attempt fails.
+            let load = InFlight::start(backend);
             // The callee checks that the request is meant for it: app ID and namespace.
             let tag = HeaderValue::from_str(&format!("{id}.{}", instances.namespace))
                 .expect("validated IDs and namespaces are valid header values");
@@ -397,7 +420,7 @@ impl<R: Resolve> Sidecar<R> {
                     })
                 })?;
             match sender.try_send_request(req).await {
-                Ok(resp) => return self.peer_answer(target, resp, peer.as_deref()).await,
+                Ok(resp) => return self.peer_answer(target, resp, peer.as_deref(), load).await,
                 Err(mut e) => {
                     self.peers.evict(addr);
                     if let Some(limit) = find_too_large(e.error()) {
@@ -427,6 +450,7 @@ impl<R: Resolve> Sidecar<R> {
         target: &str,
         resp: Response<Incoming>,
         peer: Option<&Peer>,
+        load: InFlight,
     ) -> Result<Response<Body>, InvokeError> {
         if let Some(kind) = resp.headers().get(names::FERRY_ERROR) {
             let kind = String::from_utf8_lossy(kind.as_bytes()).into_owned();
@@ -452,7 +476,7 @@ impl<R: Resolve> Sidecar<R> {
         // Only the app's answers count as responses received (as in Dapr, where a callee
         // sidecar's own failure is an error, not a response).
         self.record_received(peer, resp.status());
-        Ok(resp.map(body::boxed))
+        Ok(resp.map(|b| body::holding(body::boxed(b), load)))
     }
 
     /// Caller-side metrics: a request is about to go to `dst`; returns its counters.

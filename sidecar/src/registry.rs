@@ -11,16 +11,15 @@ use std::{
     io::{self, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
 use ferry_api::{AppId, Namespace};
 use serde::{Deserialize, Serialize};
+
+pub use crate::balance::Instances;
 
 /// What a sidecar tells the others (and `ferry list`) about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,29 +163,6 @@ pub fn scan(dir: &Path) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// The live instances of one app in one namespace, with a round-robin cursor.
-#[derive(Debug)]
-pub struct Instances {
-    pub namespace: String,
-    pub addrs: Vec<SocketAddr>,
-    next: AtomicUsize,
-}
-
-impl Instances {
-    pub fn new(namespace: String, addrs: Vec<SocketAddr>) -> Self {
-        Self {
-            namespace,
-            addrs,
-            next: AtomicUsize::new(fastrand::usize(..)),
-        }
-    }
-
-    /// Where to start this request's attempts (round robin over the instances).
-    pub fn start(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
-    }
-}
-
 #[derive(Debug, Default)]
 struct Snapshot {
     apps: HashMap<(String, String), Arc<Instances>>,
@@ -295,10 +271,13 @@ impl RegistryResolver {
                 let apps = grouped
                     .into_iter()
                     .map(|(k, addrs)| {
-                        // Keep the cursor when nothing changed, so round robin stays even.
-                        let inst = match old.apps.get(&k) {
-                            Some(prev) if prev.addrs == addrs => prev.clone(),
-                            _ => Arc::new(Instances::new(k.0.clone(), addrs)),
+                        // Keep what did not change, and the load counts of instances that stay.
+                        let prev = old.apps.get(&k);
+                        let inst = match prev {
+                            Some(prev) if prev.same_addrs(&addrs) => prev.clone(),
+                            _ => {
+                                Arc::new(Instances::rebuilt(k.0.clone(), addrs, prev.map(|p| &**p)))
+                            }
                         };
                         (k, inst)
                     })
@@ -389,7 +368,10 @@ mod tests {
         assert!(err.contains("cart") && err.contains("default"), "{err}");
         let _reg = Registration::create(&dir, &entry("cart", 40004)).unwrap();
         let found = r.resolve(&cart, &ns, true).await.unwrap();
-        assert_eq!(found.addrs, vec![SocketAddr::from(([127, 0, 0, 1], 40004))]);
+        assert_eq!(
+            found.addrs(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 40004))]
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,6 @@
-//! Sidecar to sidecar: load sharing between instances, crashed instances, a callee killed
-//! mid-request, the callee's own-app-ID check on the internal port, and namespaces.
+//! Sidecar to sidecar: load sharing between instances (by requests in flight), crashed
+//! instances, a callee killed mid-request, the callee's own-app-ID check on the internal port,
+//! and namespaces.
 
 mod common;
 
@@ -219,4 +220,59 @@ async fn callee_killed_mid_response_breaks_the_body_not_the_caller() {
         .invoke_error(500);
     assert!(msg.starts_with("failed to invoke, id: b, err: "), "{msg}");
     a.wait_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_counts_against_its_instance_until_its_body_ends() {
+    use http_body_util::BodyExt;
+
+    let mesh = Mesh::new("in-flight");
+    let one = TestApp::start("b-one").await;
+    let two = TestApp::start("b-two").await;
+    let _b1 = mesh.sidecar("b").app_port(one.port).start().await;
+    let _b2 = mesh.sidecar("b").app_port(two.port).start().await;
+    let a = mesh.sidecar("a").start().await;
+
+    // An event stream: its head and first event are through, its body stays open for 2 s.
+    let resp = step(
+        "SSE head",
+        client().request(get_req(&a.url("/v1.0/invoke/b/method/sse"))),
+    )
+    .await
+    .unwrap();
+    let mut body = resp.into_body();
+    step("first event", body.frame()).await.unwrap().unwrap();
+    let (busy, idle) = if one.state.sse_sent.lock().unwrap().is_empty() {
+        ("b-two", "b-one")
+    } else {
+        ("b-one", "b-two")
+    };
+
+    // While the stream lasts its instance has one request in flight and the other none: with
+    // two instances, the less loaded of two choices is always the idle one (round robin would
+    // alternate).
+    for i in 0..10 {
+        let e = get(&a.url(&format!("/v1.0/invoke/b/method/during/{i}")))
+            .await
+            .echo();
+        assert_eq!(
+            e.app(),
+            idle,
+            "call {i} went to the instance busy streaming"
+        );
+    }
+
+    // Dropping the body ends the count: both instances serve again.
+    drop(body);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for i in 0..20 {
+        let e = get(&a.url(&format!("/v1.0/invoke/b/method/after/{i}")))
+            .await
+            .echo();
+        *seen.entry(e.app().to_owned()).or_default() += 1;
+    }
+    assert!(
+        seen.get(busy).is_some_and(|n| *n > 0),
+        "the stream's instance still looks busy after its body was dropped: {seen:?}"
+    );
 }
