@@ -6,6 +6,8 @@
 //! full-URL calls and HTTPEndpoints from `--resources-path`. A call to another app fails at
 //! once with a 500 that says why. Replace this type; do not extend it.
 
+pub mod index;
+
 use std::sync::Arc;
 
 use ferry_api::{AppId, Namespace};
