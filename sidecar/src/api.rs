@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -27,8 +27,20 @@ pub struct Health {
     pub app_ready: AtomicBool,
     /// Name resolution has loaded.
     pub outbound_ready: AtomicBool,
+    /// When set, what `/v1.0/healthz/outbound` reports instead of `outbound_ready` (kubernetes
+    /// mode: the sync state of the watches, which readiness must not depend on).
+    pub outbound_check: OnceLock<OutboundCheck>,
     /// `PUT /v1.0/metadata/<key>` values.
     pub extended: Mutex<BTreeMap<String, String>>,
+}
+
+/// Says whether outbound calls can be resolved, or what is missing.
+pub struct OutboundCheck(pub Box<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for OutboundCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutboundCheck")
+    }
 }
 
 /// Routes one request on the HTTP API port.
@@ -145,14 +157,26 @@ fn healthz<R: Resolve>(sc: &Sidecar<R>, health: &Health, query: Option<&str>) ->
 }
 
 fn outbound(health: &Health) -> Response<Body> {
-    if health.outbound_ready.load(Ordering::Acquire) {
-        no_content()
-    } else {
-        json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ERR_OUTBOUND_HEALTH_NOT_READY",
-            "dapr outbound is not ready",
-        )
+    let verdict = match health.outbound_check.get() {
+        Some(check) => (check.0)(),
+        None if health.outbound_ready.load(Ordering::Acquire) => Ok(()),
+        None => Err(String::new()),
+    };
+    match verdict {
+        Ok(()) => no_content(),
+        Err(reason) => {
+            // Dapr's text, then what is missing when we know it.
+            let mut message = "dapr outbound is not ready".to_owned();
+            if !reason.is_empty() {
+                message.push_str(": ");
+                message.push_str(&reason);
+            }
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ERR_OUTBOUND_HEALTH_NOT_READY",
+                &message,
+            )
+        }
     }
 }
 
@@ -274,5 +298,30 @@ mod tests {
             body,
             r#"{"errorCode":"ERR_OUTBOUND_HEALTH_NOT_READY","message":"dapr outbound is not ready"}"#
         );
+    }
+
+    #[tokio::test]
+    async fn a_check_decides_outbound_and_says_what_is_missing() {
+        let health = Health::default();
+        health.outbound_ready.store(true, Ordering::Release);
+        let verdict = Arc::new(Mutex::new(Err::<(), String>(
+            "RoutingTable shop/ferry: not synced yet".into(),
+        )));
+        let v = verdict.clone();
+        health
+            .outbound_check
+            .set(OutboundCheck(Box::new(move || v.lock().unwrap().clone())))
+            .unwrap();
+        let resp = outbound(&health);
+        assert_eq!(resp.status(), 500);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errorCode"], "ERR_OUTBOUND_HEALTH_NOT_READY");
+        assert_eq!(
+            v["message"],
+            "dapr outbound is not ready: RoutingTable shop/ferry: not synced yet"
+        );
+        *verdict.lock().unwrap() = Ok(());
+        assert_eq!(outbound(&health).status(), 204);
     }
 }

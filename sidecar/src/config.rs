@@ -176,6 +176,18 @@ pub struct SidecarArgs {
     #[arg(long, env = "FERRY_MODE", value_enum, default_value = "standalone")]
     pub mode: Mode,
 
+    /// Kubernetes mode: how long the first calls to a namespace wait for its RoutingTable and
+    /// EndpointSlices to be listed, before they fail with the Kubernetes API's error.
+    #[arg(long, env = "FERRY_KUBE_SYNC_TIMEOUT_SECONDS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub kube_sync_timeout_seconds: u64,
+
+    /// Kubernetes mode: seconds between reads of the Secrets that the namespace's HTTPEndpoints
+    /// name (they are also read whenever the RoutingTable changes).
+    #[arg(long, env = "FERRY_KUBE_SECRET_REFRESH_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub kube_secret_refresh_seconds: u64,
+
     /// How much to log (Dapr's levels).
     #[arg(long, env = "FERRY_LOG_LEVEL", value_enum, default_value = "info")]
     pub log_level: LogLevel,

@@ -34,25 +34,104 @@ pub struct Endpoint {
 #[derive(Debug, Clone, Default)]
 pub struct Endpoints {
     by_name: HashMap<String, Arc<Endpoint>>,
+    /// Endpoints that exist but cannot be called (kubernetes mode: not ready, or a Secret that
+    /// cannot be read), with the reason. The name still wins over an app ID of the same name, so
+    /// a call says why instead of silently reaching an app.
+    unusable: HashMap<String, String>,
+}
+
+/// What a name in [`Endpoints`] stands for.
+#[derive(Debug, Clone)]
+pub enum Found<'a> {
+    Usable(&'a Arc<Endpoint>),
+    Unusable(&'a str),
 }
 
 impl Endpoints {
+    pub fn new(
+        usable: impl IntoIterator<Item = Arc<Endpoint>>,
+        unusable: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        let by_name: HashMap<String, Arc<Endpoint>> =
+            usable.into_iter().map(|e| (e.name.clone(), e)).collect();
+        let unusable = unusable
+            .into_iter()
+            .filter(|(n, _)| !by_name.contains_key(n))
+            .collect();
+        Self { by_name, unusable }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Endpoint>> {
         self.by_name.get(name)
     }
 
+    /// The endpoint named `name`, usable or not.
+    pub fn find(&self, name: &str) -> Option<Found<'_>> {
+        if let Some(e) = self.by_name.get(name) {
+            return Some(Found::Usable(e));
+        }
+        self.unusable.get(name).map(|r| Found::Unusable(r))
+    }
+
+    /// The names of the usable endpoints, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.by_name.keys().cloned().collect();
         v.sort();
         v
     }
 
+    /// The unusable endpoints and why, sorted by name.
+    pub fn unusable(&self) -> Vec<(&str, &str)> {
+        let mut v: Vec<(&str, &str)> = self
+            .unusable
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.as_str()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Usable endpoints.
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.by_name.is_empty() && self.unusable.is_empty()
+    }
+
+    /// `self` (the `--resources-path` files) over `cluster` (the namespace's RoutingTable): a
+    /// name defined in both is the file's, usable or not. Returns the merge and the names that
+    /// clashed.
+    pub fn over(&self, cluster: &Endpoints) -> (Endpoints, Vec<String>) {
+        let mut merged = self.clone();
+        let mut clashes = Vec::new();
+        for (name, ep) in &cluster.by_name {
+            if self.find(name).is_some() {
+                clashes.push(name.clone());
+            } else {
+                merged.by_name.insert(name.clone(), ep.clone());
+            }
+        }
+        for (name, reason) in &cluster.unusable {
+            if self.find(name).is_some() {
+                clashes.push(name.clone());
+            } else {
+                merged.unusable.insert(name.clone(), reason.clone());
+            }
+        }
+        clashes.sort();
+        (merged, clashes)
+    }
+
+    /// Whether `other` holds the very same endpoints (the same clients) and reasons.
+    pub fn same_as(&self, other: &Endpoints) -> bool {
+        self.unusable == other.unusable
+            && self.by_name.len() == other.by_name.len()
+            && self
+                .by_name
+                .iter()
+                .all(|(n, e)| other.by_name.get(n).is_some_and(|o| Arc::ptr_eq(e, o)))
     }
 }
 
@@ -158,7 +237,10 @@ pub fn load(dirs: &[PathBuf], app: &AppId, ns: &Namespace) -> Result<Endpoints, 
             }
         }
     }
-    Ok(Endpoints { by_name })
+    Ok(Endpoints {
+        by_name,
+        unusable: HashMap::new(),
+    })
 }
 
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
@@ -351,6 +433,52 @@ spec:
         assert_eq!(e.base_url, "http://127.0.0.1:8080/api");
         assert_eq!(e.headers[0].1, "42");
         assert_eq!(e.headers[1].0, "accept-language");
+    }
+
+    #[test]
+    fn files_win_over_the_cluster_and_unusable_names_still_count() {
+        let named = |name: &str, url: &str| {
+            Arc::new(
+                ep(&format!(
+                    "apiVersion: dapr.io/v1alpha1\nkind: HTTPEndpoint\nmetadata: {{name: {name}}}\nspec:\n  baseUrl: {url}\n"
+                ))
+                .unwrap(),
+            )
+        };
+        let files = Endpoints::new(
+            [
+                named("shared", "http://file"),
+                named("local", "http://local"),
+            ],
+            [("broken-local".to_owned(), "bad".to_owned())],
+        );
+        let cluster = Endpoints::new(
+            [
+                named("shared", "http://cluster"),
+                named("remote", "http://remote"),
+            ],
+            [
+                ("broken-local".to_owned(), "cluster's".to_owned()),
+                ("down".to_owned(), "it is not ready".to_owned()),
+            ],
+        );
+        let (merged, clashes) = files.over(&cluster);
+        assert_eq!(clashes, vec!["broken-local", "shared"]);
+        assert_eq!(merged.names(), vec!["local", "remote", "shared"]);
+        assert!(
+            matches!(merged.find("shared"), Some(Found::Usable(e)) if e.base_url == "http://file")
+        );
+        assert!(matches!(
+            merged.find("down"),
+            Some(Found::Unusable("it is not ready"))
+        ));
+        assert!(matches!(
+            merged.find("broken-local"),
+            Some(Found::Unusable("bad"))
+        ));
+        assert!(merged.find("nope").is_none());
+        assert!(merged.same_as(&files.over(&cluster).0));
+        assert!(!merged.same_as(&files));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::{
     apphealth::AppHealth,
     balance::{InFlight, Instances},
     body::{self, Body, Limited, find_too_large},
-    endpoints::{Endpoint, Endpoints},
+    endpoints::{Endpoint, Endpoints, Found},
     invoke::{
         Cause, InvokeError, Method,
         headers::{self, ForwardedHeaders},
@@ -38,8 +38,8 @@ use crate::{
     upstream::{AppChannel, Blocked, HttpClient, PeerPool, is_blocked},
 };
 
-/// Name resolution for app IDs: standalone reads the registry directory; Kubernetes mode will
-/// watch the API (until then, [`crate::kubernetes::UnavailableResolver`]).
+/// Name resolution for app IDs: standalone reads the registry directory; kubernetes mode
+/// watches the API ([`crate::kubernetes::KubeResolver`]).
 pub trait Resolve: Send + Sync + 'static {
     /// The live instances of `app` in `ns`, or why there are none. `explicit` says whether the
     /// target named the namespace (`app.ns`) or it is the caller's own by default.
@@ -314,8 +314,15 @@ impl<R: Resolve> Sidecar<R> {
             TargetName::App { id, namespace } => {
                 let own_ns = namespace.as_ref().is_none_or(|n| *n == self.namespace);
                 if own_ns {
-                    if let Some(ep) = self.endpoints.load().get(id.as_str()) {
-                        return Ok(Destination::Endpoint(ep.clone()));
+                    match self.endpoints.load().find(id.as_str()) {
+                        Some(Found::Usable(ep)) => return Ok(Destination::Endpoint(ep.clone())),
+                        Some(Found::Unusable(reason)) => {
+                            return Err(Cause::EndpointUnusable {
+                                name: id.to_string(),
+                                reason: reason.to_owned(),
+                            });
+                        }
+                        None => {}
                     }
                     if id == self.app_id {
                         return Ok(Destination::Local);
@@ -717,7 +724,23 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::{config::AppHealthSettings, kubernetes::UnavailableResolver};
+    use crate::config::AppHealthSettings;
+
+    /// These tests never look another app up.
+    struct NoResolver;
+
+    impl Resolve for NoResolver {
+        async fn resolve(
+            &self,
+            _app: &AppId,
+            _ns: &Namespace,
+            _explicit: bool,
+        ) -> Result<Arc<Instances>, String> {
+            Err("no resolution in these tests".into())
+        }
+
+        async fn unreachable(&self) {}
+    }
 
     /// Each request's path, with the sender that feeds its response body.
     type Arrival = (String, mpsc::Sender<Bytes>);
@@ -757,7 +780,7 @@ mod tests {
         app_port: u16,
         max_concurrency: Option<u32>,
         app_health: Option<Arc<AppHealth>>,
-    ) -> Sidecar<UnavailableResolver> {
+    ) -> Sidecar<NoResolver> {
         Sidecar::new(SidecarParts {
             app_id: AppId::new("cart").unwrap(),
             namespace: Namespace::default(),
@@ -766,7 +789,7 @@ mod tests {
                 "127.0.0.1",
                 app_port,
             )),
-            resolver: Arc::new(UnavailableResolver),
+            resolver: Arc::new(NoResolver),
             fqdn: None,
             allow_link_local: false,
             endpoints: Endpoints::default(),
@@ -779,10 +802,7 @@ mod tests {
         })
     }
 
-    async fn deliver(
-        sc: &Sidecar<UnavailableResolver>,
-        path: &str,
-    ) -> Result<Response<Body>, Cause> {
+    async fn deliver(sc: &Sidecar<NoResolver>, path: &str) -> Result<Response<Body>, Cause> {
         let method = Method::normalize(path.as_bytes()).unwrap();
         sc.deliver(
             http::Method::GET,

@@ -22,12 +22,12 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    api::{self, Health},
+    api::{self, Health, OutboundCheck},
     apphealth::{self, AppHealth},
     body::Body,
     config::{ConfigError, Mode, Settings, SidecarArgs},
     endpoints,
-    kubernetes::UnavailableResolver,
+    kubernetes::{self, KubeResolver, httpendpoints},
     metrics::Metrics,
     proxy::{Resolve, Sidecar, SidecarParts},
     registry::{Entry, Registration, RegistryResolver, now_unix},
@@ -83,6 +83,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     background: JoinSet<()>,
+    /// Run once the servers have stopped (kubernetes mode stops its watches).
+    on_shutdown: Vec<Box<dyn FnOnce() + Send>>,
     grace: Duration,
 }
 
@@ -116,21 +118,53 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
         }
         Mode::Kubernetes => {
             // No registry: the root filesystem is read-only, and peers find pods through the
-            // Kubernetes API (not yet: see `kubernetes::UnavailableResolver`).
-            let running = launch(args, &settings, info, Arc::new(UnavailableResolver)).await?;
+            // Kubernetes API. Building the client reads files only; without one the sidecar
+            // still serves, and every lookup says why it cannot resolve.
+            let api = kubernetes::connect().await.map_err(|e| e.to_string());
+            let resolver = Arc::new(KubeResolver::new(
+                api.clone(),
+                args.namespace.clone(),
+                Duration::from_secs(args.kube_sync_timeout_seconds),
+            ));
+            let mut running = launch(args, &settings, info, resolver.clone()).await?;
+            // Readiness (/v1.0/healthz) never waits for the API server: a pod must stay Ready
+            // while it is briefly away. /v1.0/healthz/outbound tells the sync state instead.
             running.health.outbound_ready.store(true, Ordering::Release);
+            let check = resolver.clone();
+            let _ = running
+                .health
+                .outbound_check
+                .set(OutboundCheck(Box::new(move || check.outbound())));
+            let background = &mut running.running.background;
+            background.spawn(resolver.clone().let_go_idle_forever());
+            if let (Ok(api), Ok(own)) = (api, resolver.watch(&args.namespace)) {
+                let sidecar = running.sidecar.clone();
+                let files = (**sidecar.endpoints.load()).clone();
+                background.spawn(httpendpoints::follow_forever(
+                    api,
+                    own,
+                    files,
+                    Duration::from_secs(args.kube_secret_refresh_seconds),
+                    move |eps| sidecar.endpoints.store(Arc::new(eps)),
+                ));
+            }
+            running
+                .running
+                .on_shutdown
+                .push(Box::new(move || resolver.stop()));
             Ok(running.serving(args))
         }
     }
 }
 
 /// A sidecar whose sockets serve, before the mode's last steps.
-struct Launched {
+struct Launched<R> {
     running: Running,
     health: Arc<Health>,
+    sidecar: Arc<Sidecar<R>>,
 }
 
-impl Launched {
+impl<R> Launched<R> {
     fn serving(self, args: &SidecarArgs) -> Running {
         let r = &self.running;
         tracing::info!(
@@ -152,7 +186,7 @@ async fn launch<R: Resolve>(
     settings: &Settings,
     info: RunInfo,
     resolver: Arc<R>,
-) -> Result<Launched, StartError> {
+) -> Result<Launched<R>, StartError> {
     let endpoints = endpoints::load(&args.resources_path, &args.app_id, &args.namespace)?;
     if !endpoints.is_empty() {
         tracing::info!(endpoints = ?endpoints.names(), "loaded HTTPEndpoints");
@@ -329,9 +363,11 @@ async fn launch<R: Resolve>(
             shutdown,
             tasks,
             background,
+            on_shutdown: Vec::new(),
             grace,
         },
         health,
+        sidecar,
     })
 }
 
@@ -361,6 +397,9 @@ impl Running {
         })
         .await;
         self.background.abort_all();
+        for stop in self.on_shutdown.drain(..) {
+            stop();
+        }
         tracing::info!("sidecar stopped");
     }
 

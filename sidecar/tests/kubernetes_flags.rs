@@ -153,6 +153,11 @@ impl Ferryd {
     /// Starts `ferryd ARGS` with the injector's env, and waits until the public port's
     /// `/v1.0/healthz` answers 204.
     async fn start(home: &Home, ports: Ports, args: &[String]) -> Self {
+        Self::start_env(home, ports, args, &[]).await
+    }
+
+    /// [`Self::start`] with more environment variables.
+    async fn start_env(home: &Home, ports: Ports, args: &[String], env: &[(&str, &str)]) -> Self {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let log = std::env::temp_dir().join(format!(
             "ferryd-k8s-{}-{}.log",
@@ -171,6 +176,7 @@ impl Ferryd {
             .env("POD_IP", "127.0.0.1")
             .env("DAPR_CONTROLPLANE_NAMESPACE", "ferry-system")
             .env("DAPR_CONTROLPLANE_TRUST_DOMAIN", "cluster.local")
+            .envs(env.iter().copied())
             .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -316,7 +322,19 @@ async fn kubernetes_mode_starts_with_the_injected_arguments_and_writes_nothing()
     let f = Ferryd::start(&home, ports, &args).await;
 
     assert_eq!(get(&f.public("/v1.0/healthz")).await.status, 204);
-    assert_eq!(get(&f.public("/v1.0/healthz/outbound")).await.status, 204);
+    // No Kubernetes API configuration here (no service account, no KUBECONFIG): readiness does
+    // not depend on the API, outbound health says what is missing.
+    let r = get(&f.public("/v1.0/healthz/outbound")).await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_OUTBOUND_HEALTH_NOT_READY");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("dapr outbound is not ready: no Kubernetes API configuration"),
+        "{}",
+        r.text()
+    );
     // The internal port listens on all interfaces (peers come by pod IP).
     tokio::net::TcpStream::connect(("127.0.0.1", ports.internal))
         .await
@@ -426,7 +444,7 @@ async fn kubernetes_mode_fails_other_app_ids_clearly_and_keeps_local_and_externa
             "{target}: {msg}"
         );
         assert!(
-            msg.contains("resolving app IDs through the Kubernetes API is not available"),
+            msg.contains("no Kubernetes API configuration"),
             "{target}: {msg}"
         );
     }
@@ -485,6 +503,105 @@ async fn kubernetes_mode_fails_other_app_ids_clearly_and_keeps_local_and_externa
         .collect();
     assert_eq!(series.len(), 2, "{text}");
     assert_eq!(home.contents(), Vec::<PathBuf>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_serves_while_the_api_is_unreachable_and_calls_fail_with_its_error() {
+    let home = Home::new("no-api");
+    let app = TestApp::start("orders-app").await;
+    // An API server address where nothing listens: every request is refused at once.
+    let closed = free_port();
+    let kubeconfig = home.0.join("kubeconfig");
+    fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"https://127.0.0.1:{closed}\", insecure-skip-tls-verify: true}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let ports = Ports::free();
+    let app_port = app.port.to_string();
+    let args = injected_args(
+        "orders",
+        ports,
+        &["--app-port", &app_port, "--kube-sync-timeout-seconds", "1"],
+    );
+    let launched = Instant::now();
+    let f = Ferryd::start_env(
+        &home,
+        ports,
+        &args,
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    )
+    .await;
+
+    // Ready (Ferryd::start waited for /v1.0/healthz) although the API never answered; outbound
+    // health says what is missing and why.
+    let r = until(
+        &f.public("/v1.0/healthz/outbound"),
+        "outbound health to report the API's error",
+        |r| r.status == 500 && r.text().contains("last error"),
+    )
+    .await;
+    let msg = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        msg.starts_with(
+            "dapr outbound is not ready: RoutingTable shop/ferry: not synced yet (last error: "
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("EndpointSlices of namespace shop"), "{msg}");
+
+    // The own namespace's watches started with the sidecar: once the sync timeout has passed,
+    // a call fails at once, with the API's error.
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(launched.elapsed())).await;
+    let started = Instant::now();
+    let msg = get(&f.api("/v1.0/invoke/cart/method/x"))
+        .await
+        .invoke_error(500);
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        msg.contains("failed to resolve address for 'cart' in namespace 'shop': the Kubernetes API at https://127.0.0.1:"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("has not listed namespace 'shop'") && msg.contains("last error: "),
+        "{msg}"
+    );
+
+    // Another namespace: the first call waits for its first list, about the sync timeout, and
+    // no longer; the next ones fail at once.
+    let started = Instant::now();
+    let msg = get(&f.api("/v1.0/invoke/cart.billing/method/x"))
+        .await
+        .invoke_error(500);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert!(
+        msg.contains("has not listed namespace 'billing' within 1s"),
+        "{msg}"
+    );
+    let started = Instant::now();
+    get(&f.api("/v1.0/invoke/cart.billing/method/x"))
+        .await
+        .invoke_error(500);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Self-invocation needs no lookup.
+    let r = get(&f.api("/v1.0/invoke/orders/method/self")).await;
+    assert_eq!(r.echo().app(), "orders-app");
+    assert_eq!(home.contents(), vec![kubeconfig]);
 }
 
 // === /metrics ===

@@ -39,6 +39,9 @@ pub enum Cause {
         namespace: String,
         reason: String,
     },
+    /// An HTTPEndpoint of that name exists, but cannot be called.
+    #[error("HTTPEndpoint '{name}' cannot be used: {reason}")]
+    EndpointUnusable { name: String, reason: String },
     #[error(
         "cannot invoke local endpoint: app channel not initialized (start the sidecar with --app-port)"
     )]
@@ -91,6 +94,7 @@ impl Cause {
             Cause::FqdnDisabled => "fqdn-disabled",
             Cause::BlockedAddress { .. } => "blocked-address",
             Cause::Resolve { .. } => "resolve",
+            Cause::EndpointUnusable { .. } => "endpoint-unusable",
             Cause::NoLocalAppChannel | Cause::NoAppChannel => "no-app-channel",
             Cause::AppChannel(_) => "app-channel",
             Cause::AppUnhealthy => "app-unhealthy",

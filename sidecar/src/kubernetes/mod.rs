@@ -1,64 +1,52 @@
-//! Kubernetes mode's name resolution, for now: none.
+//! Kubernetes mode: app IDs and HTTPEndpoints through the Kubernetes API.
 //!
-//! Resolving app IDs through the Kubernetes API (RoutingTables and EndpointSlices, DESIGN §4)
-//! is a later issue. Until it lands, [`UnavailableResolver`] stands in for it so that an
-//! injected sidecar starts and serves everything that needs no lookup: self-invocation,
-//! full-URL calls and HTTPEndpoints from `--resources-path`. A call to another app fails at
-//! once with a 500 that says why. Replace this type; do not extend it.
+//! * [`index`]: the pure endpoint index of one namespace (RoutingTable + EndpointSlices →
+//!   snapshots), fed watch events;
+//! * [`watch`]: the watches of one namespace and the task that feeds its index;
+//! * [`resolver`]: [`KubeResolver`], the lookups the proxy makes, and which namespaces are
+//!   watched;
+//! * [`httpendpoints`]: the caller's namespace's HTTPEndpoints, with their Secrets.
+//!
+//! The API client is built from the usual inference (in a pod: the service-account token and
+//! `KUBERNETES_SERVICE_HOST`/`PORT`; elsewhere `$KUBECONFIG`), which reads files only: the
+//! sidecar starts and serves whether or not the API server answers.
 
+pub mod httpendpoints;
 pub mod index;
+pub mod resolver;
+pub mod watch;
 
-use std::sync::Arc;
+pub use resolver::KubeResolver;
 
-use ferry_api::{AppId, Namespace};
+use kube::Client;
 
-use crate::{proxy::Resolve, registry::Instances};
-
-/// Fails every lookup of another app, fast and with a clear message.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UnavailableResolver;
-
-/// Why the lookup failed (the caller's message adds the app and namespace).
-pub const UNAVAILABLE: &str = "resolving app IDs through the Kubernetes API is not available in this version of ferryd; in kubernetes mode only self-invocation, full-URL calls and HTTPEndpoints from --resources-path work";
-
-impl Resolve for UnavailableResolver {
-    async fn resolve(
-        &self,
-        _app: &AppId,
-        _ns: &Namespace,
-        _explicit: bool,
-    ) -> Result<Arc<Instances>, String> {
-        Err(UNAVAILABLE.to_owned())
-    }
-
-    async fn unreachable(&self) {}
+/// A client for the Kubernetes API and where it points (for messages).
+#[derive(Clone)]
+pub struct ApiClient {
+    pub client: Client,
+    pub url: String,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::invoke::{Cause, InvokeError};
+/// Why kubernetes mode has no API client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no Kubernetes API configuration (in a pod: the service-account token and KUBERNETES_SERVICE_HOST/PORT; elsewhere: $KUBECONFIG): {0}"
+    )]
+    Infer(String),
+    #[error("cannot build a Kubernetes API client for {url}: {reason}")]
+    Build { url: String, reason: String },
+}
 
-    #[tokio::test]
-    async fn every_lookup_fails_with_a_message_naming_app_and_namespace() {
-        let app = AppId::new("orders").unwrap();
-        let ns = Namespace::new("shop").unwrap();
-        let reason = UnavailableResolver
-            .resolve(&app, &ns, false)
-            .await
-            .unwrap_err();
-        // What the proxy makes of it (proxy.rs call_remote).
-        let e = InvokeError::new(
-            "orders",
-            Cause::Resolve {
-                app: app.to_string(),
-                namespace: ns.to_string(),
-                reason,
-            },
-        );
-        assert_eq!(e.status(), 500);
-        let msg = e.message();
-        assert!(msg.contains("'orders'") && msg.contains("'shop'"), "{msg}");
-        assert!(msg.contains("Kubernetes API is not available"), "{msg}");
-    }
+/// Builds the API client from the environment, without contacting the API server.
+pub async fn connect() -> Result<ApiClient, ClientError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| ClientError::Infer(crate::proxy::chain(&e)))?;
+    let url = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|e| ClientError::Build {
+        url: url.clone(),
+        reason: crate::proxy::chain(&e),
+    })?;
+    Ok(ApiClient { client, url })
 }
