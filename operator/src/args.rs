@@ -4,6 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 
+use crate::sidecar_rbac::Names;
+
 /// The namespace the lease lives in when neither `--lease-namespace` nor `POD_NAMESPACE` is set.
 pub const DEFAULT_LEASE_NAMESPACE: &str = "ferry-system";
 
@@ -48,6 +50,26 @@ pub struct Args {
     /// How long an app's Service is kept after its last pod is gone, in seconds.
     #[arg(long, env = "FERRY_SERVICE_GRACE_SECONDS", default_value_t = 30)]
     pub service_grace_seconds: u64,
+
+    /// The ClusterRole that sidecars' ServiceAccounts are bound to: read RoutingTables and
+    /// EndpointSlices in every namespace (deploy/rbac/ferry-sidecar.yaml). The operator needs
+    /// `bind` on it.
+    #[arg(long, env = "FERRY_SIDECAR_CLUSTER_ROLE", default_value = "ferry-sidecar",
+          value_parser = rbac_name)]
+    pub sidecar_cluster_role: String,
+
+    /// The ClusterRoleBinding to that role which the operator keeps, with every ServiceAccount
+    /// that runs a pod labelled dapr.io/app-id. The operator owns the object of this name.
+    #[arg(long, env = "FERRY_SIDECAR_BINDING_NAME", default_value = "ferry-sidecar",
+          value_parser = rbac_name)]
+    pub sidecar_binding_name: String,
+
+    /// The Role and RoleBinding the operator keeps in each namespace whose HTTPEndpoints name
+    /// Secrets (or inline private keys): `get` on exactly those, for the namespace's sidecars.
+    /// The operator owns the objects of this name.
+    #[arg(long, env = "FERRY_SIDECAR_SECRETS_ROLE", default_value = "ferry-sidecar-secrets",
+          value_parser = rbac_name)]
+    pub sidecar_secrets_role: String,
 
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. `info,ferry_operator=debug`).
     #[arg(long, env = "FERRY_LOG", default_value = "info")]
@@ -100,6 +122,36 @@ impl Args {
     pub fn service_grace(&self) -> Duration {
         Duration::from_secs(self.service_grace_seconds)
     }
+
+    pub fn sidecar_names(&self) -> Names {
+        Names {
+            cluster_role: self.sidecar_cluster_role.clone(),
+            binding: self.sidecar_binding_name.clone(),
+            secrets_role: self.sidecar_secrets_role.clone(),
+        }
+    }
+}
+
+/// A name RBAC objects may have (the API server accepts any path segment; we ask for a DNS
+/// subdomain, which is what a person would write and what Helm renders).
+fn rbac_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253)"
+        ))
+    }
 }
 
 /// Randomness from the standard library's hasher keys (seeded by the OS), mixed with the time.
@@ -137,6 +189,35 @@ mod tests {
         assert_eq!(a.lease_duration(), Duration::from_secs(10));
         assert_eq!(a.lease_renew_every(), Duration::from_secs(2));
         assert_eq!(a.service_grace(), Duration::from_secs(30));
+        assert_eq!(a.sidecar_names(), Names::default());
+    }
+
+    #[test]
+    fn sidecar_names_are_flags() {
+        let a = Args::try_parse_from([
+            "ferry-operator",
+            "--sidecar-cluster-role",
+            "role-a",
+            "--sidecar-binding-name",
+            "binding.b",
+            "--sidecar-secrets-role",
+            "secrets-c",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.sidecar_names(),
+            Names {
+                cluster_role: "role-a".into(),
+                binding: "binding.b".into(),
+                secrets_role: "secrets-c".into(),
+            }
+        );
+        for bad in ["", "Upper", "a/b", "-x", "x..y", ".."] {
+            assert!(
+                Args::try_parse_from(["ferry-operator", "--sidecar-binding-name", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! - [`services`]: a headless Service `<app-id>-dapr` for every app ID with pods, removed a grace
 //!   period after its last pod;
 //! - [`endpoints`]: validates each `HTTPEndpoint` and reports a `Ready` condition and Events;
-//! - [`routing`]: one `RoutingTable` per namespace with apps or HTTPEndpoints.
+//! - [`routing`]: one `RoutingTable` per namespace with apps or HTTPEndpoints;
+//! - [`sidecar_rbac`]: every sidecar's ServiceAccount may read RoutingTables, EndpointSlices and
+//!   exactly the Secrets its namespace's HTTPEndpoints name, nothing more.
 //!
 //! Decisions are pure functions (`services::desired`, `endpoints::validate`,
-//! `routing::desired`); the reconcilers around them only read caches and write by server-side
-//! apply. Only the holder of the [`lease`] runs the controllers ([`runtime`]).
+//! `routing::desired`, `sidecar_rbac::desired`); the reconcilers around them only read caches
+//! and write by server-side apply. Only the holder of the [`lease`] runs the controllers
+//! ([`runtime`]).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -21,6 +24,7 @@ pub mod reports;
 pub mod routing;
 pub mod runtime;
 pub mod services;
+pub mod sidecar_rbac;
 
 /// The field manager of every write, and the value of the `app.kubernetes.io/managed-by` label
 /// on what the operator owns.

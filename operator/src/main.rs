@@ -99,6 +99,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settings = Settings {
         service_grace: args.service_grace(),
         instance: identity,
+        sidecar_names: args.sidecar_names(),
     };
     let signal = shutdown_signal();
     tokio::pin!(signal);

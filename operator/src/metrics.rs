@@ -20,6 +20,10 @@ pub enum ControllerName {
     AppService,
     HttpEndpoint,
     RoutingTable,
+    /// The ClusterRoleBinding that lets sidecars read RoutingTables and EndpointSlices.
+    SidecarClusterBinding,
+    /// The per-namespace Role and RoleBinding for the Secrets sidecars read.
+    SidecarSecrets,
 }
 
 impl EncodeLabelValue for ControllerName {
@@ -34,6 +38,8 @@ impl ControllerName {
             Self::AppService => "app_service",
             Self::HttpEndpoint => "http_endpoint",
             Self::RoutingTable => "routing_table",
+            Self::SidecarClusterBinding => "sidecar_cluster_binding",
+            Self::SidecarSecrets => "sidecar_secrets",
         }
     }
 }

@@ -4,7 +4,9 @@
 //! reflectors rather than from separate watches: a reflector first updates its cache and only
 //! then sends the object's namespace to the controllers, so a reconcile never reads a cache that
 //! has not yet seen the change that triggered it. A re-list (after a dropped watch) triggers every
-//! namespace, since deletions missed meanwhile carry no namespace.
+//! namespace, since deletions missed meanwhile carry no namespace. Each reflector triggers only
+//! the controllers that read its cache; the sidecar ClusterRoleBinding, which has no namespace,
+//! is woken instead.
 
 use std::{
     collections::HashMap,
@@ -17,7 +19,10 @@ use std::{
 use ferry_api::{http_endpoint::HttpEndpoint, routing_table::RoutingTable};
 use futures_util::{Stream, StreamExt, future};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Pod, PodStatus, Service},
+    api::{
+        core::v1::{Namespace, Pod, PodSpec, PodStatus, Service},
+        rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
+    },
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{
@@ -31,7 +36,7 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -42,7 +47,7 @@ use crate::{
     metrics::{ControllerName, Metrics},
     reports::Reporter,
     routing::{self, TABLE_NAME},
-    services,
+    services, sidecar_rbac,
 };
 
 /// How often every object is reconciled even without a change (a safety net for missed events).
@@ -53,16 +58,22 @@ pub struct Settings {
     pub service_grace: Duration,
     /// The `reportingInstance` of Events (this replica's identity).
     pub instance: String,
+    pub sidecar_names: sidecar_rbac::Names,
 }
 
 /// The caches every reconcile reads.
 #[derive(Clone)]
 pub struct Stores {
-    /// Pods labelled `dapr.io/app-id`, metadata and phase only.
+    /// Pods labelled `dapr.io/app-id`: metadata, phase and ServiceAccount only.
     pub pods: Store<Pod>,
     pub services: Store<Service>,
     pub endpoints: Store<HttpEndpoint>,
     pub tables: Store<RoutingTable>,
+    /// The sidecar Secrets Roles and RoleBindings (only those of the configured name) and the
+    /// sidecar ClusterRoleBinding.
+    pub sidecar_roles: Store<Role>,
+    pub sidecar_role_bindings: Store<RoleBinding>,
+    pub sidecar_binding: Store<ClusterRoleBinding>,
 }
 
 impl Stores {
@@ -147,27 +158,65 @@ pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> Option<Owner
     })
 }
 
-/// Fans a namespace out to the namespace-keyed controllers.
+/// One namespace-keyed controller's inputs: a namespace to reconcile, or all of them.
 #[derive(Clone)]
+struct NsTrigger {
+    namespace: mpsc::UnboundedSender<ObjectRef<Namespace>>,
+    relist: mpsc::UnboundedSender<()>,
+}
+
+/// Fans a change out to the controllers that read the cache it changed.
+#[derive(Clone, Default)]
 struct Triggers {
-    namespaces: Vec<mpsc::UnboundedSender<ObjectRef<Namespace>>>,
-    relists: Vec<mpsc::UnboundedSender<()>>,
+    namespaced: Vec<NsTrigger>,
+    /// Controllers without a namespace: woken on every change (wake-ups coalesce).
+    wake: Vec<Arc<Notify>>,
 }
 
 impl Triggers {
-    fn namespace(&self, ns: Option<String>) {
-        if let Some(ns) = ns {
-            for tx in &self.namespaces {
-                let _ = tx.send(ObjectRef::new(&ns));
-            }
+    fn new(namespaced: &[&NsTrigger], wake: &[&Arc<Notify>]) -> Self {
+        Self {
+            namespaced: namespaced.iter().map(|t| (*t).clone()).collect(),
+            wake: wake.iter().map(|w| Arc::clone(w)).collect(),
         }
     }
 
+    fn changed(&self, ns: Option<String>) {
+        if let Some(ns) = ns {
+            for t in &self.namespaced {
+                let _ = t.namespace.send(ObjectRef::new(&ns));
+            }
+        }
+        self.wake();
+    }
+
     fn relist(&self) {
-        for tx in &self.relists {
-            let _ = tx.send(());
+        for t in &self.namespaced {
+            let _ = t.relist.send(());
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        for w in &self.wake {
+            w.notify_one();
         }
     }
+}
+
+/// A namespace-keyed controller's trigger and the streams it is fed by.
+fn ns_trigger() -> (
+    NsTrigger,
+    impl Stream<Item = ObjectRef<Namespace>> + Send,
+    impl Stream<Item = ()> + Send,
+) {
+    let (namespace, ns_rx) = mpsc::unbounded_channel();
+    let (relist, relist_rx) = mpsc::unbounded_channel();
+    (
+        NsTrigger { namespace, relist },
+        receiver_stream(ns_rx),
+        receiver_stream(relist_rx),
+    )
 }
 
 fn receiver_stream<T: Send + 'static>(
@@ -192,7 +241,7 @@ async fn reflect<K>(
         .for_each(|event| {
             match event {
                 Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
-                    triggers.namespace(o.namespace());
+                    triggers.changed(o.namespace());
                 }
                 Ok(watcher::Event::InitDone) => {
                     debug!(kind, "cache (re)listed");
@@ -207,7 +256,12 @@ async fn reflect<K>(
 }
 
 fn strip_pod(pod: &mut Pod) {
-    pod.spec = None;
+    // The sidecar RBAC needs the ServiceAccount the pod runs as; nothing else of the spec.
+    let account = pod.spec.take().and_then(|s| s.service_account_name);
+    pod.spec = account.map(|a| PodSpec {
+        service_account_name: Some(a),
+        ..PodSpec::default()
+    });
     pod.metadata.managed_fields = None;
     let phase = pod.status.take().and_then(|s| s.phase);
     pod.status = phase.map(|phase| PodStatus {
@@ -229,6 +283,16 @@ fn strip_table(rt: &mut RoutingTable) {
     rt.metadata.managed_fields = None;
 }
 
+fn strip_meta<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// Only the objects of one name, wherever they are: the operator may list and watch no other
+/// (RBAC limits it by `resourceNames`, which a `metadata.name` field selector satisfies).
+fn named(name: &str) -> watcher::Config {
+    watcher::Config::default().fields(&format!("metadata.name={name}"))
+}
+
 /// Runs the caches and controllers until the future is dropped (on losing the lease or on
 /// shutdown). Marks `health` synced once every cache has listed.
 pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings: Settings) {
@@ -236,51 +300,80 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings
     let (svcs, svcs_w) = reflector::store();
     let (eps, eps_w) = reflector::store();
     let (tables, tables_w) = reflector::store();
-    let (svc_ns_tx, svc_ns_rx) = mpsc::unbounded_channel();
-    let (rt_ns_tx, rt_ns_rx) = mpsc::unbounded_channel();
-    let (svc_relist_tx, svc_relist_rx) = mpsc::unbounded_channel();
-    let (rt_relist_tx, rt_relist_rx) = mpsc::unbounded_channel();
-    let triggers = Triggers {
-        namespaces: vec![svc_ns_tx, rt_ns_tx],
-        relists: vec![svc_relist_tx, rt_relist_tx],
-    };
+    let (roles, roles_w) = reflector::store();
+    let (role_bindings, role_bindings_w) = reflector::store();
+    let (binding, binding_w) = reflector::store();
+    let (svc_t, svc_ns, svc_relist) = ns_trigger();
+    let (rt_t, rt_ns, rt_relist) = ns_trigger();
+    let (rbac_t, rbac_ns, rbac_relist) = ns_trigger();
+    let wake_binding = Arc::new(Notify::new());
+    let names = &settings.sidecar_names;
 
-    let reflectors = future::join4(
-        reflect(
-            "Pod",
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(LABEL_APP_ID),
-            pods_w,
-            strip_pod,
-            triggers.clone(),
+    let reflectors = future::join(
+        future::join4(
+            reflect(
+                "Pod",
+                Api::<Pod>::all(client.clone()),
+                watcher::Config::default().labels(LABEL_APP_ID),
+                pods_w,
+                strip_pod,
+                Triggers::new(&[&svc_t, &rt_t, &rbac_t], &[&wake_binding]),
+            ),
+            reflect(
+                "Service",
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+                svcs_w,
+                strip_service,
+                Triggers::new(&[&svc_t, &rt_t], &[]),
+            ),
+            reflect(
+                "HTTPEndpoint",
+                Api::<HttpEndpoint>::all(client.clone()),
+                watcher::Config::default(),
+                eps_w,
+                strip_endpoint,
+                Triggers::new(&[&rt_t, &rbac_t], &[]),
+            ),
+            reflect(
+                "RoutingTable",
+                Api::<RoutingTable>::all(client.clone()),
+                watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    services::desired::LABEL_MANAGED_BY,
+                    crate::FIELD_MANAGER
+                )),
+                tables_w,
+                strip_table,
+                // The table owns the app Services and the sidecar Roles.
+                Triggers::new(&[&svc_t, &rt_t, &rbac_t], &[]),
+            ),
         ),
-        reflect(
-            "Service",
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            svcs_w,
-            strip_service,
-            triggers.clone(),
-        ),
-        reflect(
-            "HTTPEndpoint",
-            Api::<HttpEndpoint>::all(client.clone()),
-            watcher::Config::default(),
-            eps_w,
-            strip_endpoint,
-            triggers.clone(),
-        ),
-        reflect(
-            "RoutingTable",
-            Api::<RoutingTable>::all(client.clone()),
-            watcher::Config::default().labels(&format!(
-                "{}={}",
-                services::desired::LABEL_MANAGED_BY,
-                crate::FIELD_MANAGER
-            )),
-            tables_w,
-            strip_table,
-            triggers,
+        future::join3(
+            reflect(
+                "Role",
+                Api::<Role>::all(client.clone()),
+                named(&names.secrets_role),
+                roles_w,
+                strip_meta,
+                Triggers::new(&[&rbac_t], &[]),
+            ),
+            reflect(
+                "RoleBinding",
+                Api::<RoleBinding>::all(client.clone()),
+                named(&names.secrets_role),
+                role_bindings_w,
+                strip_meta,
+                Triggers::new(&[&rbac_t], &[]),
+            ),
+            reflect(
+                "ClusterRoleBinding",
+                Api::<ClusterRoleBinding>::all(client.clone()),
+                named(&names.binding),
+                binding_w,
+                strip_meta,
+                Triggers::new(&[], &[&wake_binding]),
+            ),
         ),
     );
 
@@ -289,6 +382,9 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings
         services: svcs,
         endpoints: eps,
         tables,
+        sidecar_roles: roles,
+        sidecar_role_bindings: role_bindings,
+        sidecar_binding: binding,
     };
     let recorder = |c: ControllerName| {
         Reporter::new(
@@ -315,35 +411,52 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings
 
     let controllers = async move {
         // Reconciling before the caches are complete could delete Services whose pods are
-        // simply not listed yet.
-        let _ = future::join4(
-            stores.pods.wait_until_ready(),
-            stores.services.wait_until_ready(),
-            stores.endpoints.wait_until_ready(),
-            stores.tables.wait_until_ready(),
+        // simply not listed yet (or revoke a sidecar's access).
+        let _ = future::join(
+            future::join4(
+                stores.pods.wait_until_ready(),
+                stores.services.wait_until_ready(),
+                stores.endpoints.wait_until_ready(),
+                stores.tables.wait_until_ready(),
+            ),
+            future::join3(
+                stores.sidecar_roles.wait_until_ready(),
+                stores.sidecar_role_bindings.wait_until_ready(),
+                stores.sidecar_binding.wait_until_ready(),
+            ),
         )
         .await;
         info!("caches synced: starting the controllers");
         let namespaces = || Api::<Namespace>::all(client.clone());
         let svc_ctrl = Controller::new(namespaces(), watcher::Config::default())
-            .reconcile_on(receiver_stream(svc_ns_rx))
-            .reconcile_all_on(receiver_stream(svc_relist_rx))
+            .reconcile_on(svc_ns)
+            .reconcile_all_on(svc_relist)
             .with_config(controller::Config::default().concurrency(8));
         let rt_ctrl = Controller::new(namespaces(), watcher::Config::default())
-            .reconcile_on(receiver_stream(rt_ns_rx))
-            .reconcile_all_on(receiver_stream(rt_relist_rx))
+            .reconcile_on(rt_ns)
+            .reconcile_all_on(rt_relist)
+            .with_config(controller::Config::default().concurrency(8));
+        let rbac_ctrl = Controller::new(namespaces(), watcher::Config::default())
+            .reconcile_on(rbac_ns)
+            .reconcile_all_on(rbac_relist)
             .with_config(controller::Config::default().concurrency(8));
         let ep_ctrl = Controller::new(
             Api::<HttpEndpoint>::all(client.clone()),
             watcher::Config::default(),
         )
         .with_config(controller::Config::default().concurrency(8));
-        let own_caches = (svc_ctrl.store(), rt_ctrl.store(), ep_ctrl.store());
+        let own_caches = (
+            svc_ctrl.store(),
+            rt_ctrl.store(),
+            rbac_ctrl.store(),
+            ep_ctrl.store(),
+        );
         let synced = async move {
-            let _ = future::join3(
+            let _ = future::join4(
                 own_caches.0.wait_until_ready(),
                 own_caches.1.wait_until_ready(),
                 own_caches.2.wait_until_ready(),
+                own_caches.3.wait_until_ready(),
             )
             .await;
             info!("all caches synced: ready");
@@ -355,10 +468,23 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings
         let rt_run = rt_ctrl
             .run(routing::reconcile, routing::error_policy, ctx.clone())
             .for_each(log_result);
+        let rbac_run = rbac_ctrl
+            .run(
+                sidecar_rbac::reconcile,
+                sidecar_rbac::error_policy,
+                ctx.clone(),
+            )
+            .for_each(log_result);
+        let binding_run = sidecar_rbac::run_cluster_binding(ctx.clone(), wake_binding);
         let ep_run = ep_ctrl
             .run(endpoints::reconcile, endpoints::error_policy, ctx)
             .for_each(log_result);
-        future::join4(synced, svc_run, rt_run, ep_run).await;
+        future::join3(
+            synced,
+            future::join3(svc_run, rt_run, rbac_run),
+            future::join(binding_run, ep_run),
+        )
+        .await;
     };
     future::join(reflectors, controllers).await;
 }
@@ -398,15 +524,21 @@ mod tests {
     }
 
     #[test]
-    fn pods_are_cached_without_their_spec() {
+    fn pods_are_cached_with_their_service_account_only() {
         let mut pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p", "namespace": "n", "labels": {"dapr.io/app-id": "a"}},
-            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "spec": {"serviceAccountName": "cart", "containers": [{"name": "c", "image": "i"}]},
             "status": {"phase": "Running", "podIP": "10.0.0.1"}
         }))
         .unwrap();
         strip_pod(&mut pod);
-        assert!(pod.spec.is_none());
+        assert_eq!(
+            pod.spec,
+            Some(PodSpec {
+                service_account_name: Some("cart".into()),
+                ..PodSpec::default()
+            })
+        );
         let status = pod.status.unwrap();
         assert_eq!(status.phase.as_deref(), Some("Running"));
         assert!(status.pod_ip.is_none());

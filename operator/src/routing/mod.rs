@@ -371,6 +371,9 @@ mod tests {
             services,
             endpoints,
             tables,
+            sidecar_roles: reflector::store().0,
+            sidecar_role_bindings: reflector::store().0,
+            sidecar_binding: reflector::store().0,
         };
         assert_eq!(desired_for(&stores, "shop"), None);
 
