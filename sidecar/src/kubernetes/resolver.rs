@@ -151,7 +151,8 @@ impl Resolve for KubeResolver {
     ) -> Result<Arc<Instances>, String> {
         let w = self.watch(ns)?;
         w.touch();
-        if let Some(answer) = answer(&w.snapshot(), app, ns) {
+        let own = *ns == self.own;
+        if let Some(answer) = answer(&w.snapshot(), app, ns, own) {
             return answer;
         }
         // Not listed yet: wait for the first list, but only within sync_timeout of the start
@@ -161,7 +162,7 @@ impl Resolve for KubeResolver {
             let mut state = w.state();
             let _ = tokio::time::timeout(left, state.wait_for(SyncState::synced)).await;
         }
-        if let Some(answer) = answer(&w.snapshot(), app, ns) {
+        if let Some(answer) = answer(&w.snapshot(), app, ns, own) {
             return answer;
         }
         let problem = w
@@ -182,11 +183,23 @@ impl Resolve for KubeResolver {
 }
 
 /// The answer a snapshot gives for `app`, or `None` when it has not been listed yet.
+/// `own_namespace`: the namespace is the caller's, whose HTTPEndpoints win over app IDs.
 pub fn answer(
     snapshot: &Snapshot,
     app: &AppId,
     ns: &Namespace,
+    own_namespace: bool,
 ) -> Option<Result<Arc<Instances>, String>> {
+    // The proxy asks for an app only when no HTTPEndpoint of that name is loaded; one the table
+    // lists is still being loaded (its Secrets read), and must not be shadowed by an app.
+    if own_namespace
+        && let Some(table) = &snapshot.table
+        && table.http_endpoints.iter().any(|e| e.name == app.as_str())
+    {
+        return Some(Err(format!(
+            "HTTPEndpoint '{app}' of namespace '{ns}' is still being loaded (its Secrets are being read); try again"
+        )));
+    }
     Some(match snapshot.lookup(app.as_str()) {
         Lookup::NotSynced => return None,
         Lookup::Found(instances) => Ok(instances),
@@ -240,7 +253,7 @@ mod tests {
     fn err(s: &Snapshot, app: &str) -> String {
         let app = AppId::new(app).unwrap();
         let ns = Namespace::new("shop").unwrap();
-        answer(s, &app, &ns).unwrap().unwrap_err()
+        answer(s, &app, &ns, false).unwrap().unwrap_err()
     }
 
     #[test]
@@ -252,7 +265,7 @@ mod tests {
         );
         let app = AppId::new("cart").unwrap();
         let ns = Namespace::new("shop").unwrap();
-        let found = answer(&s, &app, &ns).unwrap().unwrap();
+        let found = answer(&s, &app, &ns, true).unwrap().unwrap();
         assert_eq!(found.namespace, "shop");
 
         let s = snapshot(&["cart"], Some(false));
@@ -270,7 +283,40 @@ mod tests {
             err(&s, "cart")
         );
 
-        assert!(answer(&Snapshot::default(), &app, &ns).is_none());
+        assert!(answer(&Snapshot::default(), &app, &ns, true).is_none());
+    }
+
+    #[test]
+    fn an_httpendpoint_being_loaded_is_not_shadowed_by_an_app_of_its_name() {
+        let mut t = table(&["cart"]);
+        t.spec.http_endpoints = vec![ferry_api::routing_table::EndpointRoute {
+            name: "cart".into(),
+            base_url: "https://example.com".into(),
+            ready: true,
+            ..Default::default()
+        }];
+        let mut ix = NamespaceIndex::new("shop");
+        for e in [Event::Init, Event::InitApply(t), Event::InitDone] {
+            ix.table_event(e);
+        }
+        ix.slice_event(Event::Init);
+        ix.slice_event(Event::InitApply(slice(
+            "cart-dapr-1",
+            "cart-dapr",
+            &[("10.0.0.1", None)],
+            &[(INTERNAL_PORT_NAME, 50002)],
+        )));
+        ix.slice_event(Event::InitDone);
+        let s = ix.snapshot(&Snapshot::default());
+        let app = AppId::new("cart").unwrap();
+        let ns = Namespace::new("shop").unwrap();
+        let e = answer(&s, &app, &ns, true).unwrap().unwrap_err();
+        assert!(
+            e.contains("HTTPEndpoint 'cart' of namespace 'shop' is still being loaded"),
+            "{e}"
+        );
+        // From another namespace, `cart.shop` is the app.
+        assert!(answer(&s, &app, &ns, false).unwrap().is_ok());
     }
 
     #[test]
@@ -279,6 +325,36 @@ mod tests {
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         let msg = err(&snapshot(&refs, None), "nope");
         assert!(msg.ends_with("app09 and 5 more)"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn namespaces_are_watched_once_and_idle_ones_let_go_but_never_the_own() {
+        // An API server where nothing listens: the watches start and fail, which is enough.
+        let url = "http://127.0.0.1:1";
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let r = KubeResolver::new(
+            Ok(ApiClient {
+                client,
+                url: url.into(),
+            }),
+            Namespace::new("shop").unwrap(),
+            Duration::from_secs(1),
+        );
+        let billing = Namespace::new("billing").unwrap();
+        let first = r.watch(&billing).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &r.watch(&billing).unwrap()),
+            "one watch per namespace"
+        );
+        assert_eq!(r.namespaces.load().len(), 2);
+        assert_eq!(r.let_go_idle(Duration::from_secs(60)), 0, "not idle yet");
+        assert_eq!(r.let_go_idle(Duration::ZERO), 1);
+        let left: Vec<String> = r.namespaces.load().keys().map(|n| n.to_string()).collect();
+        assert_eq!(left, vec!["shop"]);
+        // Called again, it is watched again.
+        assert!(!Arc::ptr_eq(&first, &r.watch(&billing).unwrap()));
+        r.stop();
+        assert!(r.namespaces.load().is_empty());
     }
 
     #[tokio::test]
