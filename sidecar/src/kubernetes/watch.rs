@@ -289,6 +289,31 @@ fn log_snapshot(namespace: &Namespace, snapshot: &Snapshot) {
     }
 }
 
+/// A watch error in one line: the step that failed, then the API server's answer (code,
+/// reason, message) or why it could not be reached. (The errors' own text repeats itself and
+/// dumps the whole Status.)
+pub fn describe(e: &watcher::Error) -> String {
+    let (step, source) = match e {
+        watcher::Error::InitialListFailed(k) => ("cannot list", k),
+        watcher::Error::WatchStartFailed(k) => ("cannot watch", k),
+        watcher::Error::WatchFailed(k) => ("the watch failed", k),
+        watcher::Error::WatchError(s) => {
+            return format!(
+                "the API server ended the watch: {} {}: {}",
+                s.code, s.reason, s.message
+            );
+        }
+        other => return chain(other),
+    };
+    match source {
+        kube::Error::Api(s) => format!(
+            "{step}: the API server answered {} {}: {}",
+            s.code, s.reason, s.message
+        ),
+        other => format!("{step}: {}", chain(other)),
+    }
+}
+
 /// Runs a watcher over `api` forever, sending what it reports. An error ends the round (see
 /// the module's comment); the next round starts with a fresh list after a backoff.
 async fn watch_forever<K>(
@@ -317,7 +342,7 @@ async fn watch_forever<K>(
                     }
                 }
                 Err(e) => {
-                    let error = chain(&e);
+                    let error = describe(&e);
                     tracing::warn!(namespace = %namespace, kind = %kind, error = %error, "watch failed; serving from cache and retrying");
                     if tx.send(wrap(Err(error))).await.is_err() {
                         return;
@@ -358,6 +383,28 @@ mod tests {
             )))),
         );
         assert!(apply(ix, st, Feed::Slices(Ok(Event::InitDone))));
+    }
+
+    #[test]
+    fn watch_errors_are_told_in_one_line() {
+        let forbidden = kube::core::Status::failure(
+            "routingtables.ferry.dev \"ferry\" is forbidden: User \"x\" cannot list",
+            "Forbidden",
+        )
+        .with_code(403)
+        .boxed();
+        let e = watcher::Error::InitialListFailed(kube::Error::Api(forbidden));
+        assert_eq!(
+            describe(&e),
+            "cannot list: the API server answered 403 Forbidden: routingtables.ferry.dev \"ferry\" is forbidden: User \"x\" cannot list"
+        );
+        let e = watcher::Error::WatchStartFailed(kube::Error::Service("connection refused".into()));
+        assert!(
+            describe(&e).starts_with("cannot watch: ")
+                && describe(&e).contains("connection refused"),
+            "{}",
+            describe(&e)
+        );
     }
 
     #[test]
