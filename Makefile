@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds
+.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds bench
 
 all: build
 
@@ -45,6 +45,10 @@ e2e: ## Tier 1: start the cluster, run the cluster tests inside its namespace, s
 
 kubectl: ## kubectl inside the test cluster: make kubectl ARGS='get pods -A'
 	@bash e2e/controlplane/kubectl.sh $(ARGS)
+
+bench: ## ferryd next to a direct call and an nginx pair; rewrites BENCHMARKS.md (~25 min; BENCH_ARGS=--quick: ~3 min)
+	$(CARGO) build --release -p ferry-sidecar
+	$(CARGO) run --release --quiet -p ferry-bench -- run $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean
