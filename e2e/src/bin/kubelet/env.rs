@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Container, EnvVarSource, Pod};
 use crate::downward::{self, DownwardError, NodeFacts};
 use crate::refs::{Kind, Referenced};
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {

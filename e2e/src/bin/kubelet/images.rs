@@ -182,10 +182,10 @@ fn parse(text: &str, base: &Path) -> Result<Vec<ImageRule>, String> {
             }
             Ok(ImageRule {
                 pattern: r.pattern,
-                // A bare name (`node`) is looked up in the container's PATH, like an image
-                // whose entrypoint is a program from its base layer.
+                // A bare name (`node`) is looked up in the containers' default PATH, like an
+                // image whose entrypoint is a program from its base layer.
                 exec: if r.exec.components().count() == 1 && r.exec.is_relative() {
-                    r.exec
+                    in_default_path(&r.exec)
                 } else {
                     clean(&root.join(r.exec))
                 },
@@ -210,6 +210,16 @@ fn parse_override(spec: &str, cwd: &Path) -> Result<ImageRule, ImageMapError> {
             spec: spec.to_owned(),
         }),
     }
+}
+
+/// `name` found in the directories of the containers' default PATH, else `name` itself (which
+/// then fails the executable check with its name in the message).
+fn in_default_path(name: &Path) -> PathBuf {
+    crate::env::DEFAULT_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.to_path_buf())
 }
 
 /// Lexically removes `.` and `..` so that paths in messages read well.
