@@ -98,6 +98,16 @@ pub struct EndpointRoute {
     /// Why it is not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The HTTPEndpoint's `scopes`: the app IDs that may use it (all when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+impl EndpointRoute {
+    /// Whether the app `app_id` may use this endpoint, as Dapr scopes resources.
+    pub fn in_scope(&self, app_id: &str) -> bool {
+        self.scopes.is_empty() || self.scopes.iter().any(|s| s == app_id)
+    }
 }
 
 /// A header with its value source: a plain value, or a reference.
@@ -220,6 +230,7 @@ mod tests {
                     }),
                     ready: true,
                     reason: None,
+                    scopes: vec!["checkout".into()],
                 }],
             },
         );
@@ -243,6 +254,12 @@ mod tests {
             serde_json::json!({"inline": true})
         );
         assert_eq!(v["status"]["httpEndpoints"], 1);
+        assert_eq!(
+            v["spec"]["httpEndpoints"][0]["scopes"],
+            serde_json::json!(["checkout"])
+        );
+        let route = &rt.spec.http_endpoints[0];
+        assert!(route.in_scope("checkout") && !route.in_scope("cart"));
         let yaml = serde_saphyr::to_string(&rt).unwrap();
         let back: RoutingTable = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(back, rt);

@@ -190,6 +190,7 @@ async fn routing_table_round_trips_through_the_api_server() {
                     client_tls: None,
                     ready: true,
                     reason: None,
+                    scopes: Vec::new(),
                 }],
             },
         );

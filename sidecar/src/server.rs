@@ -123,6 +123,7 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
             let api = kubernetes::connect().await.map_err(|e| e.to_string());
             let resolver = Arc::new(KubeResolver::new(
                 api.clone(),
+                args.app_id.clone(),
                 args.namespace.clone(),
                 Duration::from_secs(args.kube_sync_timeout_seconds),
             ));
@@ -143,6 +144,7 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
                 background.spawn(httpendpoints::follow_forever(
                     api,
                     own,
+                    args.app_id.clone(),
                     files,
                     Duration::from_secs(args.kube_secret_refresh_seconds),
                     move |eps| sidecar.endpoints.store(Arc::new(eps)),

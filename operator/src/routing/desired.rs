@@ -96,6 +96,7 @@ pub fn endpoint_route(ep: &HttpEndpoint) -> EndpointRoute {
         client_tls: ep.spec.client_tls.as_ref().map(tls_route),
         ready: verdict.ready(),
         reason: (!verdict.ready()).then(|| verdict.reason.as_str().to_owned()),
+        scopes: ep.scopes.clone(),
     }
 }
 
@@ -216,6 +217,14 @@ mod tests {
             }])
         );
         assert!(!v.to_string().contains("SECRET"));
+    }
+
+    #[test]
+    fn endpoints_carry_their_scopes() {
+        let mut ep = endpoint("ext", json!({"baseUrl": "http://x"}));
+        assert!(endpoint_route(&ep).scopes.is_empty());
+        ep.scopes = vec!["checkout".into(), "billing".into()];
+        assert_eq!(endpoint_route(&ep).scopes, ["checkout", "billing"]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::{
 };
 
 use ferry_api::{
-    HttpEndpoint, HttpEndpointSpec,
+    AppId, HttpEndpoint, HttpEndpointSpec,
     http_endpoint::{ClientTls, NameValuePair, SecretKeyRef, TlsDocument, render_value},
     routing_table::{EndpointRoute, PemRoute},
 };
@@ -72,6 +72,16 @@ pub fn secrets_named(routes: &[EndpointRoute]) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// The routes this app may use: an HTTPEndpoint whose `scopes` leave the app out is not loaded
+/// (its name then resolves as an app ID), as in standalone mode and in Dapr.
+pub fn in_scope(routes: &[EndpointRoute], app_id: &AppId) -> Vec<EndpointRoute> {
+    routes
+        .iter()
+        .filter(|r| r.in_scope(app_id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// The HTTPEndpoints whose private key must be read from the object itself.
@@ -340,6 +350,7 @@ impl ClusterEndpoints {
 pub async fn follow_forever(
     api: ApiClient,
     own: Arc<NamespaceWatch>,
+    app_id: AppId,
     files: Endpoints,
     refresh: Duration,
     store: impl Fn(Endpoints) + Send,
@@ -373,7 +384,7 @@ pub async fn follow_forever(
             .snapshot()
             .table
             .as_ref()
-            .map(|t| t.http_endpoints.clone())
+            .map(|t| in_scope(&t.http_endpoints, &app_id))
             .unwrap_or_default();
         cluster.read(&routes).await;
         let (merged, clashes) = files.over(&cluster.build(&routes));
@@ -448,6 +459,7 @@ mod tests {
             }),
             ready: true,
             reason: None,
+            scopes: Vec::new(),
         }
     }
 

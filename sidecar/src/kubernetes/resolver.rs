@@ -34,6 +34,8 @@ pub const MAX_NAMESPACES: usize = 256;
 pub struct KubeResolver {
     /// The API client, or why there is none (then every lookup says so).
     api: Result<ApiClient, String>,
+    /// The caller's app ID: HTTPEndpoints scoped away from it do not hide apps of their name.
+    app_id: AppId,
     own: Namespace,
     sync_timeout: Duration,
     namespaces: ArcSwap<HashMap<Namespace, Arc<NamespaceWatch>>>,
@@ -44,9 +46,15 @@ pub struct KubeResolver {
 
 impl KubeResolver {
     /// Starts watching `own` (when there is a client); needs a tokio runtime.
-    pub fn new(api: Result<ApiClient, String>, own: Namespace, sync_timeout: Duration) -> Self {
+    pub fn new(
+        api: Result<ApiClient, String>,
+        app_id: AppId,
+        own: Namespace,
+        sync_timeout: Duration,
+    ) -> Self {
         let r = Self {
             api,
+            app_id,
             own,
             sync_timeout,
             namespaces: ArcSwap::default(),
@@ -151,7 +159,7 @@ impl Resolve for KubeResolver {
     ) -> Result<Arc<Instances>, String> {
         let w = self.watch(ns)?;
         w.touch();
-        let own = *ns == self.own;
+        let own = (*ns == self.own).then_some(&self.app_id);
         if let Some(answer) = answer(&w.snapshot(), app, ns, own) {
             return answer;
         }
@@ -183,18 +191,22 @@ impl Resolve for KubeResolver {
 }
 
 /// The answer a snapshot gives for `app`, or `None` when it has not been listed yet.
-/// `own_namespace`: the namespace is the caller's, whose HTTPEndpoints win over app IDs.
+/// `caller`: the caller's app ID when the namespace is the caller's, whose HTTPEndpoints (those
+/// in the caller's scope) win over app IDs.
 pub fn answer(
     snapshot: &Snapshot,
     app: &AppId,
     ns: &Namespace,
-    own_namespace: bool,
+    caller: Option<&AppId>,
 ) -> Option<Result<Arc<Instances>, String>> {
     // The proxy asks for an app only when no HTTPEndpoint of that name is loaded; one the table
     // lists is still being loaded (its Secrets read), and must not be shadowed by an app.
-    if own_namespace
+    if let Some(caller) = caller
         && let Some(table) = &snapshot.table
-        && table.http_endpoints.iter().any(|e| e.name == app.as_str())
+        && table
+            .http_endpoints
+            .iter()
+            .any(|e| e.name == app.as_str() && e.in_scope(caller.as_str()))
     {
         return Some(Err(format!(
             "HTTPEndpoint '{app}' of namespace '{ns}' is still being loaded (its Secrets are being read); try again"
@@ -253,7 +265,7 @@ mod tests {
     fn err(s: &Snapshot, app: &str) -> String {
         let app = AppId::new(app).unwrap();
         let ns = Namespace::new("shop").unwrap();
-        answer(s, &app, &ns, false).unwrap().unwrap_err()
+        answer(s, &app, &ns, None).unwrap().unwrap_err()
     }
 
     #[test]
@@ -265,7 +277,7 @@ mod tests {
         );
         let app = AppId::new("cart").unwrap();
         let ns = Namespace::new("shop").unwrap();
-        let found = answer(&s, &app, &ns, true).unwrap().unwrap();
+        let found = answer(&s, &app, &ns, Some(&caller())).unwrap().unwrap();
         assert_eq!(found.namespace, "shop");
 
         let s = snapshot(&["cart"], Some(false));
@@ -283,7 +295,7 @@ mod tests {
             err(&s, "cart")
         );
 
-        assert!(answer(&Snapshot::default(), &app, &ns, true).is_none());
+        assert!(answer(&Snapshot::default(), &app, &ns, Some(&caller())).is_none());
     }
 
     #[test]
@@ -310,13 +322,48 @@ mod tests {
         let s = ix.snapshot(&Snapshot::default());
         let app = AppId::new("cart").unwrap();
         let ns = Namespace::new("shop").unwrap();
-        let e = answer(&s, &app, &ns, true).unwrap().unwrap_err();
+        let e = answer(&s, &app, &ns, Some(&caller())).unwrap().unwrap_err();
         assert!(
             e.contains("HTTPEndpoint 'cart' of namespace 'shop' is still being loaded"),
             "{e}"
         );
         // From another namespace, `cart.shop` is the app.
-        assert!(answer(&s, &app, &ns, false).unwrap().is_ok());
+        assert!(answer(&s, &app, &ns, None).unwrap().is_ok());
+    }
+
+    #[test]
+    fn an_httpendpoint_scoped_away_from_the_caller_does_not_hide_the_app() {
+        let mut t = table(&["cart"]);
+        t.spec.http_endpoints = vec![ferry_api::routing_table::EndpointRoute {
+            name: "cart".into(),
+            base_url: "https://example.com".into(),
+            ready: true,
+            scopes: vec!["billing".into()],
+            ..Default::default()
+        }];
+        let mut ix = NamespaceIndex::new("shop");
+        for e in [Event::Init, Event::InitApply(t), Event::InitDone] {
+            ix.table_event(e);
+        }
+        ix.slice_event(Event::Init);
+        ix.slice_event(Event::InitApply(slice(
+            "cart-dapr-1",
+            "cart-dapr",
+            &[("10.0.0.1", None)],
+            &[(INTERNAL_PORT_NAME, 50002)],
+        )));
+        ix.slice_event(Event::InitDone);
+        let s = ix.snapshot(&Snapshot::default());
+        let (app, ns) = (AppId::new("cart").unwrap(), Namespace::new("shop").unwrap());
+        // The caller (`checkout`) is not in the endpoint's scopes: `cart` is the app.
+        assert!(answer(&s, &app, &ns, Some(&caller())).unwrap().is_ok());
+        // `billing` is: the endpoint (still loading) wins.
+        let billing = AppId::new("billing").unwrap();
+        assert!(answer(&s, &app, &ns, Some(&billing)).unwrap().is_err());
+    }
+
+    fn caller() -> AppId {
+        AppId::new("checkout").unwrap()
     }
 
     #[test]
@@ -337,6 +384,7 @@ mod tests {
                 client,
                 url: url.into(),
             }),
+            caller(),
             Namespace::new("shop").unwrap(),
             Duration::from_secs(1),
         );
@@ -361,6 +409,7 @@ mod tests {
     async fn without_a_client_every_lookup_fails_at_once_with_the_reason() {
         let r = KubeResolver::new(
             Err("no Kubernetes API configuration: nothing found".into()),
+            caller(),
             Namespace::new("shop").unwrap(),
             Duration::from_secs(3),
         );
