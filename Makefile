@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds bench
+.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds bench images images-test
 
 all: build
 
@@ -11,7 +11,7 @@ build: ## Build every binary (ferry, ferryd)
 demo: ## Two sample apps calling each other through sidecars, standalone
 	bash deploy/samples/demo.sh
 
-test: fmt-check lint unit samples e2e ## Every test tier this machine can run (0 and 1)
+test: fmt-check lint unit samples images-test e2e ## Every test tier this machine can run (0 and 1)
 
 fmt:
 	$(CARGO) fmt --all
@@ -45,6 +45,12 @@ e2e: ## Tier 1: start the cluster, run the cluster tests inside its namespace, s
 
 kubectl: ## kubectl inside the test cluster: make kubectl ARGS='get pods -A'
 	@bash e2e/controlplane/kubectl.sh $(ARGS)
+
+images: ## The ferryd, ferry-operator and ferry-injector images: with Docker, else offline with podman/buildah
+	bash images/build.sh
+
+images-test: ## The Dockerfiles build offline here (buildah, no network) into right images
+	bash images/test.sh
 
 bench: ## ferryd next to a direct call and an nginx pair; rewrites BENCHMARKS.md (~25 min; BENCH_ARGS=--quick: ~3 min)
 	$(CARGO) build --release -p ferry-sidecar
