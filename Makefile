@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds bench images images-test
+.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds bench images images-test shellcheck
 
 all: build
 
@@ -11,7 +11,7 @@ build: ## Build every binary (ferry, ferryd)
 demo: ## Two sample apps calling each other through sidecars, standalone
 	bash deploy/samples/demo.sh
 
-test: fmt-check lint unit samples images-test e2e ## Every test tier this machine can run (0 and 1)
+test: fmt-check lint shellcheck unit samples images-test e2e ## Every test tier this machine can run (0 and 1)
 
 fmt:
 	$(CARGO) fmt --all
@@ -21,6 +21,10 @@ fmt-check:
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+shellcheck: ## Every shell script in the repository (installs shellcheck with apt when missing)
+	@command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; }
+	shellcheck -x $$(git ls-files --cached --others --exclude-standard -- '*.sh') .ci/run
 
 unit: ## Tier 0: pure unit tests and real processes on loopback
 	$(CARGO) test --workspace
