@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds bench images images-test shellcheck
+.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds bench images images-test shellcheck e2e-kind
 
 all: build
 
@@ -55,6 +55,9 @@ images: ## The ferryd, ferry-operator and ferry-injector images: with Docker, el
 
 images-test: ## The Dockerfiles build offline here (buildah, no network) into right images
 	bash images/test.sh
+
+e2e-kind: ## Tier 2, on a host with Docker: kind, the images, helm install, the samples across namespaces
+	bash e2e/kind/run.sh
 
 bench: ## ferryd next to a direct call and an nginx pair; rewrites BENCHMARKS.md (~25 min; BENCH_ARGS=--quick: ~3 min)
 	$(CARGO) build --release -p ferry-sidecar
