@@ -3,7 +3,7 @@
 # Docker engine, and what they build is right.
 #
 #  1. cargo builds the static binaries (images/build.sh --binaries; cargo may fetch crates).
-#  2. images/build.sh builds the three images with buildah (or podman) inside a network
+#  2. images/build.sh builds the three images with buildah inside a network
 #     namespace of its own, with no route anywhere: a pull would fail, so none happens.
 #  3. Each image: runs as 65532:65532, its entrypoint is its binary, its files are exactly the
 #     binary and the CA bundle, and the binary starts as user 65532 in a chroot of the image's
@@ -14,8 +14,8 @@
 #     server against the image's CA bundle: refused with the bundle as built, accepted once a
 #     test CA is appended to it.
 #
-# Installs buildah with apt when neither buildah nor podman is there. Everything else lives in a
-# temporary directory (image storage included) that is removed on exit; needs root.
+# Installs buildah with apt when it is missing. Everything else lives in a temporary directory
+# (the image store included) that is removed on exit. Needs root.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,21 +31,17 @@ die() { say "FAILED: $*"; exit 1; }
 for tool in curl openssl python3 unshare chroot ip; do
   command -v "$tool" >/dev/null || die "$tool is missing"
 done
-if ! command -v buildah >/dev/null && ! command -v podman >/dev/null; then
+# buildah, not podman: the checks below use its `from`/`mount` and its image inspection.
+if ! command -v buildah >/dev/null; then
   say "installing buildah (Debian package)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah >/dev/null
 fi
 builder=buildah
-command -v buildah >/dev/null || builder=podman
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/ferry-images-test.XXXXXX")"
-cleanup() {
-  # Containers made by `buildah from` below; the vfs driver mounts nothing, so rm -rf is enough.
-  "$builder" rm --all >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# The image store is in $work too, and the vfs driver mounts nothing: removing $work is enough.
+trap 'rm -rf "$work"' EXIT
 # A private image store: vfs works on any file system, and nothing outside $work is touched.
 cat >"$work/storage.conf" <<EOF
 [storage]
