@@ -94,6 +94,9 @@ trap 'exit 143' TERM
 
 # --- 1. images (first: a failed build costs no cluster) ---
 say "building images (make images, Docker)"
+# Plain single-platform images: BuildKit's default provenance attestation turns an image into an
+# index, which `kind load` cannot always import (Docker's containerd image store).
+export BUILDX_NO_DEFAULT_ATTESTATIONS=1
 IMAGE_BUILDER=docker IMAGE_REGISTRY="$registry/ferry-dev" IMAGE_TAG="$tag" make --no-print-directory images
 docker build -t "ferry.test/cart:$tag" deploy/samples/cart
 docker build -t "ferry.test/math-service:$tag" deploy/samples/mathService
