@@ -32,8 +32,8 @@ unit: ## Tier 0: pure unit tests and real processes on loopback
 samples: ## The demo, with every answer checked
 	bash deploy/samples/demo.sh --check
 
-crds: ## Write crds/*.yaml from ferry_api::crd::all() (a test fails when they are stale)
-	$(CARGO) run --quiet -p ferry-cli --bin ferry -- crds --out-dir crds
+crds: ## Write crds/*.yaml from ferry_api::crd::all(), and the chart's CRD templates from them (a test fails when stale)
+	$(CARGO) run --quiet -p ferry-cli --bin ferry -- crds --out-dir crds --chart-crds-dir charts/ferry/templates/crds
 
 cluster-build: ## Tier 1: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
 	bash e2e/controlplane/build.sh
