@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples clean cluster-build cluster-up cluster-down kubectl e2e crds bench images images-test shellcheck e2e-kind
+.PHONY: all build demo test fmt fmt-check lint unit samples chart manifests clean cluster-build cluster-up cluster-down kubectl e2e crds bench images images-test shellcheck e2e-kind
 
 all: build
 
@@ -34,6 +34,12 @@ samples: ## The demo, with every answer checked
 
 crds: ## Write crds/*.yaml from ferry_api::crd::all(), and the chart's CRD templates from them (a test fails when stale)
 	$(CARGO) run --quiet -p ferry-cli --bin ferry -- crds --out-dir crds --chart-crds-dir charts/ferry/templates/crds
+
+chart: ## The Helm chart's Tier-0 checks: lint in every mode, schema, RBAC = deploy/rbac, deploy/ferry.yaml up to date
+	$(CARGO) test -p ferry-e2e --test helm
+
+manifests: ## Rewrite deploy/ferry.yaml from charts/ferry (helm template with the defaults; a test fails when stale)
+	UPDATE_MANIFESTS=1 $(CARGO) test -p ferry-e2e --test helm -- rendered_snapshot_is_up_to_date
 
 cluster-build: ## Tier 1: build etcd, kube-apiserver, kube-controller-manager, kubectl, helm (cached)
 	bash e2e/controlplane/build.sh
