@@ -1238,14 +1238,9 @@ async fn helm_install_serves_the_scenario_upgrades_under_load_and_uninstalls_cle
     .await;
 }
 
-/// `helm install ferry charts/ferry -n <ns> --create-namespace`, after adopting the CRDs that
-/// other suites applied from crds/ (README's commands for that case); checks what it made.
-async fn install_as_readme_says(client: &Client, ns: &str, values: &Path) {
-    use k8s_openapi::{
-        api::admissionregistration::v1::MutatingWebhookConfiguration,
-        apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    };
-    use kube::ResourceExt as _;
+/// Lets the release in `ns` adopt the CRDs that exist without belonging to it (other suites
+/// apply crds/ directly), with README's commands for that case.
+fn adopt_crds(ns: &str) {
     let crds = existing_crds();
     if !crds.is_empty() {
         let crds: Vec<&str> = crds.iter().map(String::as_str).collect();
@@ -1266,7 +1261,17 @@ async fn install_as_readme_says(client: &Client, ns: &str, values: &Path) {
         )
         .unwrap();
     }
+}
 
+/// `helm install ferry charts/ferry -n <ns> --create-namespace`, after adopting the CRDs that
+/// other suites applied from crds/ (README's commands for that case); checks what it made.
+async fn install_as_readme_says(client: &Client, ns: &str, values: &Path) {
+    use k8s_openapi::{
+        api::admissionregistration::v1::MutatingWebhookConfiguration,
+        apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    };
+    use kube::ResourceExt as _;
+    adopt_crds(ns);
     let started = Instant::now();
     let values = values.to_str().unwrap();
     helm_cluster(&[
@@ -1524,6 +1529,7 @@ async fn existing_secret_mode_serves_the_given_certificate() {
             &ns,
             "  tls:\n    mode: secret\n    secret:\n      name: webhook-tls\n",
         );
+        adopt_crds(&ns);
         let started = Instant::now();
         helm_cluster(&[
             "install",
