@@ -10,7 +10,8 @@ use serde::Serialize;
 pub struct Limits {
     /// Hypervisor steal over all CPUs, percent of the window.
     pub max_steal_pct: f64,
-    /// Other processes' task time on the CPU under test, percent of the window.
+    /// Other processes' task time on the CPU under test, and on the load generator's CPU,
+    /// percent of the window (each CPU on its own).
     pub max_foreign_pct: f64,
     /// Achieved rate as a fraction of the target (open-loop runs and event streams).
     pub min_rate_ratio: f64,
@@ -30,7 +31,11 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Facts {
     pub steal_pct: f64,
+    /// Other processes on the CPU under test.
     pub foreign_pct: f64,
+    /// Other processes on the load generator's CPU (a delayed load generator inflates the
+    /// latency it records as much as a delayed proxy does).
+    pub loadgen_foreign_pct: f64,
     /// `None` for closed-loop runs, which have no target.
     pub target_rate: Option<f64>,
     pub achieved_rate: f64,
@@ -43,6 +48,7 @@ pub struct Facts {
 pub enum DropReason {
     Steal { pct: f64 },
     Foreign { pct: f64 },
+    LoadgenForeign { pct: f64 },
     MissedRate { achieved: f64, target: f64 },
     Errors { count: u64 },
 }
@@ -52,6 +58,9 @@ impl fmt::Display for DropReason {
         match self {
             Self::Steal { pct } => write!(f, "steal {pct:.1}%"),
             Self::Foreign { pct } => write!(f, "other load {pct:.1}% on the CPU under test"),
+            Self::LoadgenForeign { pct } => {
+                write!(f, "other load {pct:.1}% on the load generator's CPU")
+            }
             Self::MissedRate { achieved, target } => {
                 write!(f, "missed the rate ({achieved:.0} of {target:.0}/s)")
             }
@@ -71,6 +80,11 @@ pub fn judge(facts: &Facts, limits: &Limits) -> Vec<DropReason> {
     if facts.foreign_pct > limits.max_foreign_pct {
         out.push(DropReason::Foreign {
             pct: facts.foreign_pct,
+        });
+    }
+    if facts.loadgen_foreign_pct > limits.max_foreign_pct {
+        out.push(DropReason::LoadgenForeign {
+            pct: facts.loadgen_foreign_pct,
         });
     }
     if let Some(target) = facts.target_rate
@@ -97,6 +111,7 @@ mod tests {
         Facts {
             steal_pct: 0.5,
             foreign_pct: 3.0,
+            loadgen_foreign_pct: 4.0,
             target_rate: Some(1000.0),
             achieved_rate: 1000.2,
             errors: 0,
@@ -114,6 +129,7 @@ mod tests {
         let f = Facts {
             steal_pct: 2.0,
             foreign_pct: 10.0,
+            loadgen_foreign_pct: 10.0,
             achieved_rate: 990.0,
             ..ok()
         };
@@ -146,17 +162,26 @@ mod tests {
             }]
         );
         assert_eq!(missed[0].to_string(), "missed the rate (990 of 1000/s)");
+        let busy_loadgen = judge(
+            &Facts {
+                loadgen_foreign_pct: 12.0,
+                ..ok()
+            },
+            &l,
+        );
+        assert_eq!(busy_loadgen, vec![DropReason::LoadgenForeign { pct: 12.0 }]);
         let all = judge(
             &Facts {
                 steal_pct: 9.0,
                 foreign_pct: 40.0,
+                loadgen_foreign_pct: 30.0,
                 target_rate: Some(5000.0),
                 achieved_rate: 3000.0,
                 errors: 3,
             },
             &l,
         );
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 5);
     }
 
     #[test]

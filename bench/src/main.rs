@@ -109,7 +109,8 @@ struct RunArgs {
     /// Drop a run when hypervisor steal exceeds this percentage.
     #[arg(long, env = "FERRY_BENCH_MAX_STEAL_PCT", default_value_t = 2.0)]
     max_steal_pct: f64,
-    /// Drop a run when other processes used more than this percentage of the CPU under test.
+    /// Drop a run when other processes used more than this percentage of the CPU under test or
+    /// of the load generator's CPU.
     #[arg(long, env = "FERRY_BENCH_MAX_FOREIGN_PCT", default_value_t = 10.0)]
     max_foreign_pct: f64,
     /// Drop an open-loop run that achieved less than this percentage of its target rate.
@@ -171,6 +172,8 @@ struct Raw<'a> {
 
 fn run(a: RunArgs) -> Result<(), Error> {
     let started = Instant::now();
+    // What is measured is what is checked out now, before the build is used.
+    let (commit, dirty) = machine::git_commit();
     let q = a.quick;
     let rounds = a.rounds.unwrap_or(if q { 2 } else { 5 });
     let extra_rounds = a.extra_rounds.unwrap_or(if q { 0 } else { 2 });
@@ -243,28 +246,14 @@ fn run(a: RunArgs) -> Result<(), Error> {
         dir.display()
     );
 
-    let mut sut = Sut::start(&sut::Config {
+    let sut_config = sut::Config {
         ferryd: ferryd.clone(),
         nginx: a.nginx.clone(),
         bench_exe: bench_exe.clone(),
         cpu: a.sut_cpu,
         dir: dir.clone(),
-    })?;
-    for path in Path::ALL {
-        for len in [0, 1024, matrix::MIB] {
-            sut.check_path(path, len)?;
-        }
-        let s = sse::run(&sut.url(path, "/sse"), 1, 2, 5).map_err(|e| Error::Check {
-            path: path.label(),
-            detail: e,
-        })?;
-        if s.received != 2 || s.errors != 0 {
-            return Err(Error::Check {
-                path: path.label(),
-                detail: format!("event stream: {} of 2 events", s.received),
-            });
-        }
-    }
+    };
+    let mut sut = start_checked(&sut_config)?;
     thread::sleep(Duration::from_secs(2));
     let mut memory = Memory {
         idle: sut
@@ -307,11 +296,35 @@ fn run(a: RunArgs) -> Result<(), Error> {
     };
     let mut all_runs = Vec::new();
     let mut results = Vec::new();
+    // Processes under test that stop during a cell (a crash, or someone else's clean-up on a
+    // shared machine) are restarted and the cell repeated, at most twice per benchmark.
+    let mut restarts: Vec<String> = Vec::new();
     for cell in &cells {
         eprintln!("== {} ({})", cell.title(), cell.name);
-        let runs = runner::run_cell(&mut sut, cell, &opts, &mut budget, |r| {
-            eprintln!("{}", report::progress_line(cell.name, r))
-        })?;
+        let runs = loop {
+            let attempt = runner::run_cell(&mut sut, cell, &opts, &mut budget, |r| {
+                eprintln!("{}", report::progress_line(cell.name, r))
+            });
+            match attempt {
+                Ok(runs) => break runs,
+                Err(e @ Error::Died { .. }) if restarts.len() < 2 => {
+                    eprintln!("ferry-bench: {e}");
+                    eprintln!(
+                        "ferry-bench: restarting the processes under test, repeating `{}`",
+                        cell.name
+                    );
+                    let what = e.to_string();
+                    restarts.push(format!(
+                        "during `{}`: {}",
+                        cell.name,
+                        what.lines().next().unwrap_or_default()
+                    ));
+                    sut.stop();
+                    sut = start_checked(&sut_config)?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if cell.name == HEADLINE {
             for r in &runs {
                 for (role, kib) in &r.rss_max_kib {
@@ -347,7 +360,6 @@ fn run(a: RunArgs) -> Result<(), Error> {
         .collect();
     let targets = summary::targets(headline, &max, &memory);
 
-    let (commit, dirty) = machine::git_commit();
     let args: Vec<String> = std::env::args().skip(2).collect();
     let meta = Meta {
         command: if args.is_empty() {
@@ -368,6 +380,7 @@ fn run(a: RunArgs) -> Result<(), Error> {
         ],
         wall_secs: started.elapsed().as_secs_f64(),
         waited_secs: budget.waited.as_secs_f64(),
+        restarts,
         rounds,
         extra_rounds,
         warmup_secs,
@@ -446,6 +459,28 @@ fn print_summary(results: &[CellResult], targets: &[summary::Target], mem: &Memo
             t.what, t.ferryd, t.reference
         );
     }
+}
+
+/// Starts everything under test and checks every path end to end (bodies of 0 B, 1 KiB and
+/// 1 MiB, and an event stream) before anything is measured.
+fn start_checked(cfg: &sut::Config) -> Result<Sut, Error> {
+    let sut = Sut::start(cfg)?;
+    for path in Path::ALL {
+        for len in [0, 1024, matrix::MIB] {
+            sut.check_path(path, len)?;
+        }
+        let s = sse::run(&sut.url(path, "/sse"), 1, 2, 5).map_err(|e| Error::Check {
+            path: path.label(),
+            detail: e,
+        })?;
+        if s.received != 2 || s.errors != 0 {
+            return Err(Error::Check {
+                path: path.label(),
+                detail: format!("event stream: {} of 2 events", s.received),
+            });
+        }
+    }
+    Ok(sut)
 }
 
 /// Lines of the processes' logs that say WARN or ERROR (with their process), a quick look at

@@ -24,6 +24,8 @@ pub struct Meta {
     pub wall_secs: f64,
     /// Of `wall_secs`, the time spent waiting for other processes to leave the CPU under test.
     pub waited_secs: f64,
+    /// Processes under test that stopped during the run (and were restarted), and when.
+    pub restarts: Vec<String>,
     pub rounds: u32,
     pub extra_rounds: u32,
     pub warmup_secs: f64,
@@ -222,6 +224,15 @@ pub fn render(meta: &Meta, cells: &[CellResult], mem: &Memory, targets: &[Target
     )
     .unwrap();
 
+    if !meta.restarts.is_empty() {
+        writeln!(
+            o,
+            "- **Restarts:** processes under test stopped and were restarted (the cell repeated, \
+             peak and end memory are those of the restarted processes): {}\n",
+            meta.restarts.join("; ")
+        )
+        .unwrap();
+    }
     if let Some(h) = headline {
         writeln!(o, "## Headline: {}\n", h.cell.title()).unwrap();
         o.push_str(
@@ -361,10 +372,13 @@ fn method(o: &mut String, meta: &Meta) {
   load); peak is `VmHWM` at the end of the whole run, so it includes the 1 MiB bodies.
 - **Drop rules** (fixed in advance, `bench/src/gate.rs`): a run is dropped when hypervisor steal
   (`/proc/stat`, all CPUs) exceeds {steal} %, when other processes' task time on the CPU under test
-  exceeds {foreign} % of the window (this machine is shared), when an open-loop run achieved less
+  or on the load generator's CPU exceeds {foreign} % of the window (this machine is shared; a
+  delayed load generator inflates the latency it records as much as a delayed proxy does), when an open-loop run achieved less
   than {rate:.0} % of its target rate (streams: events delivered), or on any error or non-2xx
   answer. A per-round difference needs both that path's run and the direct run of the round.
   Dropped runs are listed above; when a round loses a run, up to {extra} more rounds are added.
+  Before each run the harness waits (up to a budget) for half a second in which both CPUs are
+  that quiet; the time it waited is stated at the top.
 - **Not measured here:** resolver scale (issue 8, item 4: 10,000 endpoints across 1,000 apps,
   memory per watched endpoint, change propagation p50/p99) needs ferryd's Kubernetes mode, which
   does not resolve app IDs through the API yet; it will be added to this harness with it.
@@ -407,12 +421,13 @@ pub fn progress_line(cell: &str, r: &crate::runner::Run) -> String {
         String::new()
     };
     format!(
-        "{cell:>10} r{} {:<12} {l:<28} {:>8.0}/s  steal {:.1}% other {:.1}%  {status}{waited}",
+        "{cell:>10} r{} {:<12} {l:<28} {:>8.0}/s  steal {:.1}% other {:.0}%/{:.0}%  {status}{waited}",
         r.round,
         r.path.label(),
         r.rps,
         r.steal_pct,
-        r.foreign_pct
+        r.foreign_pct,
+        r.loadgen_foreign_pct
     )
 }
 
@@ -478,6 +493,7 @@ mod tests {
             tools: vec![("oha".into(), "oha 1.16.0".into())],
             wall_secs: 1500.0,
             waited_secs: 60.0,
+            restarts: vec![],
             rounds: 5,
             extra_rounds: 2,
             warmup_secs: 1.0,

@@ -68,6 +68,7 @@ pub struct Run {
     pub rss_max_kib: BTreeMap<Role, u64>,
     pub steal_pct: f64,
     pub foreign_pct: f64,
+    pub loadgen_foreign_pct: f64,
     pub loadgen_busy_pct: f64,
     pub sut_busy_pct: f64,
     pub dropped: Vec<DropReason>,
@@ -143,6 +144,7 @@ fn measure(
 ) -> Result<Run, Error> {
     let sys0 = procfs::read_system_stat().map_err(Error::io("read /proc/stat"))?;
     let ticks0 = sut.cpu_ticks();
+    let loadgen0 = loadgen_side_ticks(opts.clock_ticks)?;
     let t0 = Instant::now();
     let (outcome, rss_max_kib) = {
         let mut rss_max: BTreeMap<Role, u64> = BTreeMap::new();
@@ -157,6 +159,7 @@ fn measure(
     let secs = t0.elapsed().as_secs_f64();
     let sys1 = procfs::read_system_stat().map_err(Error::io("read /proc/stat"))?;
     let ticks1 = sut.cpu_ticks();
+    let loadgen_ticks = loadgen_side_ticks(opts.clock_ticks)?.saturating_sub(loadgen0);
     sut.check_all_alive()?;
 
     let hz = opts.clock_ticks as f64;
@@ -176,6 +179,7 @@ fn measure(
     };
     let steal_pct = procfs::steal_pct(&sys0, &sys1);
     let foreign_pct = procfs::foreign_pct(&sys0, &sys1, opts.sut_cpu, ours);
+    let loadgen_foreign_pct = procfs::foreign_pct(&sys0, &sys1, opts.loadgen_cpu, loadgen_ticks);
     // Event streams are judged on events delivered, not on a rate: their window also holds the
     // connection set-up and the stagger.
     let (target_rate, achieved_rate) = match cell.load {
@@ -185,6 +189,7 @@ fn measure(
     let facts = Facts {
         steal_pct,
         foreign_pct,
+        loadgen_foreign_pct,
         target_rate,
         achieved_rate,
         errors: outcome.errors,
@@ -203,6 +208,7 @@ fn measure(
         rss_max_kib,
         steal_pct,
         foreign_pct,
+        loadgen_foreign_pct,
         loadgen_busy_pct: procfs::busy_pct(&sys0, &sys1, opts.loadgen_cpu),
         sut_busy_pct: procfs::busy_pct(&sys0, &sys1, opts.sut_cpu),
         dropped: gate::judge(&facts, &opts.limits),
@@ -210,19 +216,36 @@ fn measure(
     })
 }
 
+/// CPU ticks used so far on the load generator's side: by this harness (pinned there) and by
+/// its finished children (each load generator run, reaped before this is read again).
+fn loadgen_side_ticks(hz: u64) -> Result<u64, Error> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let own = procfs::read_task(std::process::id())
+        .map_err(Error::io("read /proc/self/stat"))?
+        .cpu_ticks;
+    let children =
+        getrusage(UsageWho::RUSAGE_CHILDREN).map_err(|e| Error::io("getrusage")(e.into()))?;
+    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as u64 * 1_000_000 + t.tv_usec() as u64;
+    let child_us = micros(children.user_time()) + micros(children.system_time());
+    Ok(own + child_us * hz / 1_000_000)
+}
+
 /// On a shared machine, other people's builds come and go. Before a run, waits (at most
-/// `limit`) until half a second passes in which other processes' load on the CPU under test is
-/// within the drop limit, so that runs are not measured into a burst only to be dropped. The
+/// `limit`) until half a second passes in which other processes' load on the CPU under test and
+/// on the load generator's CPU is within the drop limit, so that runs are not measured into a burst only to be dropped. The
 /// half second is also the pause between runs, so one run's tail never falls into the next one.
 fn wait_for_quiet(sut: &Sut, opts: &Options, limit: Duration) -> Result<Duration, Error> {
     let started = Instant::now();
     loop {
         let sys0 = procfs::read_system_stat().map_err(Error::io("read /proc/stat"))?;
         let ticks0: u64 = sut.cpu_ticks().values().sum();
+        let own0 = loadgen_side_ticks(opts.clock_ticks)?;
         thread::sleep(Duration::from_millis(500));
         let sys1 = procfs::read_system_stat().map_err(Error::io("read /proc/stat"))?;
         let ours = sut.cpu_ticks().values().sum::<u64>().saturating_sub(ticks0);
-        let foreign = procfs::foreign_pct(&sys0, &sys1, opts.sut_cpu, ours);
+        let own = loadgen_side_ticks(opts.clock_ticks)?.saturating_sub(own0);
+        let foreign = procfs::foreign_pct(&sys0, &sys1, opts.sut_cpu, ours)
+            .max(procfs::foreign_pct(&sys0, &sys1, opts.loadgen_cpu, own));
         if foreign <= opts.limits.max_foreign_pct || started.elapsed() >= limit {
             return Ok(started.elapsed().saturating_sub(Duration::from_millis(500)));
         }

@@ -249,6 +249,7 @@ mod tests {
             rss_max_kib: rss,
             steal_pct: 0.0,
             foreign_pct: 0.0,
+            loadgen_foreign_pct: 0.0,
             loadgen_busy_pct: 30.0,
             sut_busy_pct: 40.0,
             dropped: if dropped {
