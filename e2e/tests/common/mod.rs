@@ -234,9 +234,14 @@ pub type HttpClient = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
+/// The tests' client. ferryd closes a keep-alive connection that stays idle for its
+/// `--read-header-timeout-seconds` (10 s): a client that reuses such a connection just as it is
+/// closed loses that request (hyper reports `IncompleteMessage`). Daprd keeps idle connections
+/// open, so this is a known difference to fix in ferryd (see README); meanwhile the tests'
+/// client, like a well-configured one, drops pooled connections well before the server does.
 pub fn http_client() -> HttpClient {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(5))
         .build_http()
 }
 
