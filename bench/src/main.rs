@@ -69,7 +69,7 @@ struct RunArgs {
     /// Rounds per cell [default: 5, quick: 2].
     #[arg(long, env = "FERRY_BENCH_ROUNDS")]
     rounds: Option<u32>,
-    /// Rounds added at most when runs were dropped [default: 2, quick: 0].
+    /// Rounds added at most when runs were dropped [default: 3, quick: 0].
     #[arg(long, env = "FERRY_BENCH_EXTRA_ROUNDS")]
     extra_rounds: Option<u32>,
     /// Seconds per run of the headline cell [default: 20, quick: 3].
@@ -176,7 +176,7 @@ fn run(a: RunArgs) -> Result<(), Error> {
     let (commit, dirty) = machine::git_commit();
     let q = a.quick;
     let rounds = a.rounds.unwrap_or(if q { 2 } else { 5 });
-    let extra_rounds = a.extra_rounds.unwrap_or(if q { 0 } else { 2 });
+    let extra_rounds = a.extra_rounds.unwrap_or(if q { 0 } else { 3 });
     let headline_secs = a.headline_secs.unwrap_or(if q { 3.0 } else { 20.0 });
     let secs = a.secs.unwrap_or(if q { 1.0 } else { 5.0 });
     let warmup_secs = a.warmup_secs.unwrap_or(if q { 0.5 } else { 1.0 });

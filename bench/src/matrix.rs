@@ -144,10 +144,11 @@ impl Cell {
                 format!("SSE, {} events/s per stream", 1000 / interval_ms.max(1))
             }
         };
-        let unit = if matches!(self.load, Load::Sse { .. }) {
-            "streams"
-        } else {
-            "connections"
+        let unit = match (matches!(self.load, Load::Sse { .. }), self.conns == 1) {
+            (true, false) => "streams",
+            (true, true) => "stream",
+            (false, false) => "connections",
+            (false, true) => "connection",
         };
         let body = if matches!(self.load, Load::Sse { .. }) {
             String::new()
@@ -268,6 +269,8 @@ mod tests {
         assert_eq!(sse.events_per_stream(), 300);
         assert_eq!(sse.requests(), 16 * 300);
         assert_eq!(sse.title(), "SSE, 50 events/s per stream, 16 streams");
+        let one = m.iter().find(|c| c.name == "conns-1").unwrap();
+        assert_eq!(one.title(), "1000 rps, 1 connection, 1 KiB POST");
     }
 
     #[test]

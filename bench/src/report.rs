@@ -288,13 +288,17 @@ pub fn render(meta: &Meta, cells: &[CellResult], mem: &Memory, targets: &[Target
                     }
                 }
             }
-            Load::Max => throughput_table(&mut o, &c.summaries),
+            Load::Max => {
+                throughput_table(&mut o, &c.summaries);
+                o.push('\n');
+            }
             Load::Sse { .. } => {
                 o.push_str(
                     "Per-event delivery latency (app send time to client receive time); *achieved \
                      rps* is events per second.\n\n",
                 );
                 latency_table(&mut o, &c.summaries, false);
+                o.push('\n');
             }
         }
         let mem_line: Vec<String> = c
@@ -356,7 +360,7 @@ fn method(o: &mut String, meta: &Meta) {
   the processes under test never compete with the load generator. On one CPU, ferryd's runtime
   has one worker thread (tokio sizes its pool from the affinity mask), as has oha (`--worker-threads 1`)
   and wrk (`-t1`). Maximum throughput is therefore what one core carries for app + proxies.
-- **Load:** fixed-rate cells use oha {oha} with `-q <rate> --latency-correction` and `-n = rate × seconds`
+- **Load:** fixed-rate cells use {oha} with `-q <rate> --latency-correction` and `-n = rate × seconds`
   (open loop: latency counts from each request's scheduled send time, so a stall is not hidden by
   coordinated omission). Closed-loop cells use wrk with a Lua POST body; only their throughput is
   reported. The streaming cell holds event streams open (`GET /sse`, `Accept: text/event-stream`)
