@@ -13,6 +13,9 @@ demo: ## Two sample apps calling each other through sidecars, standalone
 
 test: fmt-check lint shellcheck unit samples images-test e2e ## Every test tier this machine can run (0 and 1)
 
+# A full run builds everything once: incremental caches would only cost disk.
+test: export CARGO_INCREMENTAL = 0
+
 fmt:
 	$(CARGO) fmt --all
 
