@@ -1364,9 +1364,7 @@ async fn upgrade_under_load(client: &Client, ns: &str, values: &Path, app_ns: &s
         before.extend(pods.iter().filter_map(|p| p.uid()));
     }
 
-    // A connection per request: ferryd's 10 s idle close of keep-alive connections (a known
-    // issue, see README) must not be mistaken for a call the upgrade failed.
-    let load = common::Load::start(common::http_client_unpooled(), url, 4);
+    let load = common::Load::start(common::http_client(), url, 4);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     helm_cluster(&[

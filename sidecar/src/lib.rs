@@ -10,6 +10,7 @@ pub mod apphealth;
 pub mod balance;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod endpoints;
 pub mod invoke;
 pub mod kubernetes;

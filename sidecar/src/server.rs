@@ -6,10 +6,7 @@ use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -26,7 +23,7 @@ use crate::{
     apphealth::{self, AppHealth},
     body::Body,
     config::{ConfigError, Mode, Settings, SidecarArgs},
-    endpoints,
+    conn, endpoints,
     kubernetes::{self, KubeResolver, httpendpoints},
     metrics::Metrics,
     proxy::{Resolve, Sidecar, SidecarParts},
@@ -500,9 +497,11 @@ fn not_on_this_machine(e: &io::Error) -> bool {
 fn http_builder(args: &SidecarArgs, internal: bool) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     let head_limit = args.read_buffer_size as usize;
+    // No `header_read_timeout`: hyper would start it while a keep-alive connection idles
+    // between requests; `conn::HeadDeadline` times the head from its first byte instead.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(args.read_header_timeout_seconds))
+        .header_read_timeout(None)
         .max_buf_size(head_limit.max(8192))
         .keep_alive(true);
     b.http2()
@@ -544,27 +543,33 @@ async fn serve<S, F>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                // hyper times out a slow HTTP/1 head, but not a connection still being sniffed for
-                // the HTTP/2 preface (fewer than 24 bytes sent) nor an HTTP/2 connection that
-                // never sends a request: either would hold a socket forever (slowloris).
-                let started = Arc::new(AtomicBool::new(false));
+                // An HTTP/1 head that starts but does not finish in time is cut by
+                // `HeadDeadline`; a connection that sends no request at all (nothing, a partial
+                // HTTP/2 preface, or HTTP/2 without a stream) by the `first_request` timer
+                // below. Either would otherwise hold a socket forever (slowloris).
+                let activity = Arc::new(conn::Activity::default());
                 let svc = {
-                    let (svc, started) = (svc.clone(), started.clone());
+                    let (svc, activity) = (svc.clone(), activity.clone());
                     move |req| {
-                        started.store(true, Ordering::Release);
-                        svc(req)
+                        let request = activity.begin();
+                        let response = svc(req);
+                        async move {
+                            let response = response.await?;
+                            Ok::<_, Infallible>(response.map(|b| request.until_written(b)))
+                        }
                     }
                 };
+                let io = conn::HeadDeadline::new(stream, activity.clone(), first_request);
                 // Not `serve_connection_with_upgrades`: it ignores `http2_only()`, so the internal
                 // port would speak HTTP/1.1 too; the sidecar never upgrades a connection.
-                let conn = builder.serve_connection(TokioIo::new(stream), service_fn(svc));
+                let conn = builder.serve_connection(TokioIo::new(io), service_fn(svc));
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
                     tokio::pin!(conn);
                     let ended = tokio::select! {
                         ended = &mut conn => ended,
                         _ = tokio::time::sleep(first_request) => {
-                            if !started.load(Ordering::Acquire) {
+                            if !activity.started() {
                                 tracing::debug!("closing a connection that sent no request in time");
                                 return;
                             }

@@ -223,6 +223,55 @@ async fn client_that_stalls_before_the_request_line_is_cut_off() {
     still_serves(&p.a).await;
 }
 
+/// Sends one healthz request on `s` and reads its head (204: no body follows).
+async fn healthz_on(s: &mut TcpStream) -> String {
+    s.write_all(b"GET /v1.0/healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    step("a healthz answer on a kept-alive connection", async {
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_stay_open_and_the_next_head_is_still_timed() {
+    // Like daprd (Go's ReadHeaderTimeout): the head is timed from its first byte, not while a
+    // pooled connection idles between requests, so a client reusing it never races a close.
+    let p = Pair::start_with("idle-keepalive", &["--read-header-timeout-seconds", "1"]).await;
+    let mut s = TcpStream::connect(("127.0.0.1", p.a.http)).await.unwrap();
+    let head = healthz_on(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let head = healthz_on(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 204"), "after 2.5 s idle: {head}");
+    // A head that stalls on the same connection is still cut off, a second after its first byte.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    s.write_all(b"GET /v1.0/healthz HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let (_, got) = wait_closed(&mut s).await;
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}: {}",
+        String::from_utf8_lossy(&got)
+    );
+    still_serves(&p.a).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_connect_do_not_hurt() {
     let p = Pair::start("garbage").await;

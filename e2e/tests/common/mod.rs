@@ -234,23 +234,11 @@ pub type HttpClient = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
-/// A client that opens a connection per request: for load whose every failure must be the
-/// system's under test, not the keep-alive race described below.
-pub fn http_client_unpooled() -> HttpClient {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build_http()
-}
-
-/// The tests' client. ferryd closes a keep-alive connection that stays idle for its
-/// `--read-header-timeout-seconds` (10 s): a client that reuses such a connection just as it is
-/// closed loses that request (hyper reports `IncompleteMessage`). Daprd keeps idle connections
-/// open, so this is a known difference to fix in ferryd (see README); meanwhile the tests'
-/// client, like a well-configured one, drops pooled connections well before the server does.
+/// The tests' client: hyper's defaults, pooled connections kept idle for 90 s, like most
+/// clients. ferryd keeps idle keep-alive connections open as daprd does, so reusing one never
+/// races a close.
 pub fn http_client() -> HttpClient {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(5))
-        .build_http()
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
 pub async fn send(
