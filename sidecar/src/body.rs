@@ -123,6 +123,34 @@ where
     }
 }
 
+/// A request body on its way to an upstream.
+pub struct Outgoing {
+    pub body: Body,
+    /// Its length is known, so the request may go to another instance when the first could
+    /// not be reached before anything was sent.
+    pub fixed: bool,
+    /// Set once the body went over `--max-body-size` (see [`Limited::tripped`]).
+    pub tripped: Arc<AtomicBool>,
+}
+
+/// Prepares a request body for forwarding. One that declares a length up to [`SMALL_BODY`]
+/// is read whole first (it is normally in the same packets as the head): the upstream then
+/// gets head and body in one write, instead of the head alone and the body after a second
+/// wake-up of the connection. Larger and unknown-length bodies stream.
+pub async fn outgoing(body: Limited<Incoming>) -> Result<Outgoing, BoxError> {
+    let tripped = body.tripped();
+    let declared = body.size_hint().exact();
+    let body = match declared {
+        Some(n) if n > 0 && n <= SMALL_BODY => full(body.collect().await?.to_bytes()),
+        _ => boxed(body),
+    };
+    Ok(Outgoing {
+        body,
+        fixed: declared.is_some(),
+        tripped,
+    })
+}
+
 /// An upstream HTTP/1 response body that ends cleanly when the upstream closes before the length
 /// it declared: the truncated body counts as complete (Dapr does the same), and the stale length
 /// never reaches the caller because it was never forwarded.

@@ -21,10 +21,23 @@ fn main() {
         Err(e) => exit_on_clap_error("ferryd", e),
     };
     logging::init(cli.sidecar.log_level, cli.sidecar.log_as_json);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the async runtime");
+    let threads = cli.sidecar.worker_threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    // One CPU (a pinned process, a pod limited to a core or less): a single-threaded runtime,
+    // as linkerd2-proxy does, since a second worker could only add cross-thread wake-ups.
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("cannot start the async runtime");
     let code = rt.block_on(run(cli.sidecar));
     std::process::exit(code);
 }

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use crate::{
     apphealth::AppHealth,
     balance::{InFlight, Instances},
-    body::{self, Body, Limited, find_too_large},
+    body::{self, Body, Limited, Outgoing, find_too_large},
     endpoints::{Endpoint, Endpoints, Found},
     invoke::{
         Cause, InvokeError, Method,
@@ -198,7 +198,12 @@ impl<R: Resolve> Sidecar<R> {
         let query = parts.uri.query().map(str::to_owned);
         headers::sanitize_request(&mut parts.headers);
         let span = trace::enter(&mut parts.headers);
-        let body = Limited::new(body, self.max_body);
+        let body = body::outgoing(Limited::new(body, self.max_body))
+            .await
+            .map_err(|e| match find_too_large(&*e) {
+                Some(limit) => fail(Cause::BodyTooLarge { limit }),
+                None => fail(Cause::RequestBody(chain(&*e))),
+            })?;
 
         let mut resp = match dest {
             Destination::Local => {
@@ -213,7 +218,7 @@ impl<R: Resolve> Sidecar<R> {
                     &method,
                     query.as_deref(),
                     parts.headers,
-                    body::boxed(body),
+                    body.body,
                 )
                 .await
                 .map_err(|c| match c {
@@ -345,7 +350,7 @@ impl<R: Resolve> Sidecar<R> {
         mut parts: request::Parts,
         method: &Method,
         query: Option<&str>,
-        body: Limited<Incoming>,
+        body: Outgoing,
     ) -> Result<Response<Body>, InvokeError> {
         let fail = |cause: Cause| InvokeError::new(target, cause);
         let instances = self
@@ -367,14 +372,17 @@ impl<R: Resolve> Sidecar<R> {
 
         // A request whose length is known can go to another instance when the first cannot be
         // reached; one of unknown length gets exactly one attempt (it is never buffered).
-        let fixed = body.size_hint().exact().is_some();
-        let tripped = body.tripped();
+        let Outgoing {
+            body,
+            fixed,
+            tripped,
+        } = body;
         let attempts = if fixed { MAX_ATTEMPTS } else { 1 };
         let path_and_query = match query {
             Some(q) => format!("{}?{q}", method.path()),
             None => method.path(),
         };
-        let mut req = Request::from_parts(parts, body::boxed(body));
+        let mut req = Request::from_parts(parts, body);
         let mut last_error = format!("no instance of {id} is available");
         let mut instances = instances;
         // At most MAX_ATTEMPTS addresses: no allocation beyond the first failure.
@@ -509,7 +517,7 @@ impl<R: Resolve> Sidecar<R> {
         parts: request::Parts,
         method: &Method,
         query: Option<&str>,
-        body: Limited<Incoming>,
+        body: Outgoing,
     ) -> Result<Response<Body>, InvokeError> {
         let fail = |cause: Cause| InvokeError::new(target, cause);
         let url = join_url(base, method, query);
@@ -520,7 +528,7 @@ impl<R: Resolve> Sidecar<R> {
             })
         })?;
         let head = parts.method == http::Method::HEAD;
-        let mut req = Request::from_parts(parts, body::boxed(body));
+        let mut req = Request::from_parts(parts, body.body);
         *req.uri_mut() = uri;
         match client.request(req).await {
             Ok(resp) => Ok(body::frame_upstream(resp, head).await),
@@ -603,9 +611,20 @@ impl<R: Resolve> Sidecar<R> {
         parts.headers.remove(CONTENT_LENGTH);
         trace::enter(&mut parts.headers);
         let query = parts.uri.query().map(str::to_owned);
-        let body = body::boxed(Limited::new(body, self.max_body));
-        self.deliver(parts.method, &method, query.as_deref(), parts.headers, body)
+        let body = body::outgoing(Limited::new(body, self.max_body))
             .await
+            .map_err(|e| match find_too_large(&*e) {
+                Some(limit) => Cause::BodyTooLarge { limit },
+                None => Cause::RequestBody(chain(&*e)),
+            })?;
+        self.deliver(
+            parts.method,
+            &method,
+            query.as_deref(),
+            parts.headers,
+            body.body,
+        )
+        .await
     }
 
     /// Calls this sidecar's own app.

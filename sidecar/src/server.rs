@@ -28,7 +28,10 @@ use crate::{
     metrics::Metrics,
     proxy::{Resolve, Sidecar, SidecarParts},
     registry::{Entry, Registration, RegistryResolver, now_unix},
-    upstream::{AppChannel, GuardedResolver, http_client, native_roots_tls},
+    upstream::{
+        AppChannel, GuardedResolver, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, http_client,
+        native_roots_tls,
+    },
 };
 
 /// Why the sidecar could not start; each names the flag or file to fix.
@@ -509,7 +512,8 @@ fn http_builder(args: &SidecarArgs, internal: bool) -> auto::Builder<TokioExecut
         .max_header_list_size(head_limit.max(8192) as u32)
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10))
-        .adaptive_window(true);
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     if internal {
         b = b.http2_only();
     }

@@ -57,6 +57,9 @@ pub enum Cause {
         "request body is larger than the limit of {limit} bytes (raise it with --max-body-size)"
     )]
     BodyTooLarge { limit: u64 },
+    /// The caller's request body broke off before its declared end.
+    #[error("cannot read the request body: {0}")]
+    RequestBody(String),
     #[error("error invoking remote app: {0}")]
     Remote(String),
     #[error("error invoking {url}: {reason}")]
@@ -76,7 +79,7 @@ impl Cause {
     pub fn status(&self) -> StatusCode {
         match self {
             Cause::NoTarget => StatusCode::NOT_FOUND,
-            Cause::InvalidBaggage(_) => StatusCode::BAD_REQUEST,
+            Cause::InvalidBaggage(_) | Cause::RequestBody(_) => StatusCode::BAD_REQUEST,
             Cause::Callee { status, .. } => *status,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -99,6 +102,7 @@ impl Cause {
             Cause::AppChannel(_) => "app-channel",
             Cause::AppUnhealthy => "app-unhealthy",
             Cause::BodyTooLarge { .. } => "body-too-large",
+            Cause::RequestBody(_) => "request-body",
             Cause::Remote(_) => "remote",
             Cause::External { .. } => "external",
             Cause::WrongCallee { .. } => "wrong-callee",
