@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples chart manifests clean cluster-build cluster-up cluster-down kubectl e2e crds bench images images-test shellcheck e2e-kind
+.PHONY: all build demo test fmt fmt-check lint unit samples chart manifests clean cluster-build cluster-up cluster-down kubectl e2e crds bench bench-resolver images images-test shellcheck e2e-kind
 
 all: build
 
@@ -68,9 +68,19 @@ images-test: ## The Dockerfiles build offline here (buildah, no network) into ri
 e2e-kind: ## Tier 2, on a host with Docker: kind, the images, helm install, the samples across namespaces
 	bash e2e/kind/run.sh
 
-bench: ## ferryd next to a direct call and an nginx pair; rewrites BENCHMARKS.md (~25 min; BENCH_ARGS=--quick: ~3 min)
+bench: ## ferryd next to a direct call and an nginx pair, then resolver scale (as root); rewrites BENCHMARKS.md (~30 min; BENCH_ARGS=--quick: ~3 min, no resolver scale)
 	$(CARGO) build --release -p ferry-sidecar
 	$(CARGO) run --release --quiet -p ferry-bench -- run $(BENCH_ARGS)
+ifeq ($(findstring --quick,$(BENCH_ARGS)),)
+	@if [ "$$(id -u)" -eq 0 ] && command -v ip >/dev/null && command -v flock >/dev/null; then \
+	  bash bench/resolver.sh; \
+	else \
+	  echo "make bench: resolver scale skipped (it needs root, ip and flock: make bench-resolver); BENCHMARKS.md keeps its last section"; \
+	fi
+endif
+
+bench-resolver: ## Resolver scale on the Tier-1 cluster (root): 10,000 endpoints, memory per endpoint, change propagation; updates BENCHMARKS.md (~3 min)
+	bash bench/resolver.sh $(ARGS)
 
 clean:
 	$(CARGO) clean

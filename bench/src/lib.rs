@@ -13,6 +13,8 @@ pub mod matrix;
 pub mod probe;
 pub mod procfs;
 pub mod report;
+pub mod resolver;
+pub mod resolver_report;
 pub mod runner;
 pub mod sse;
 pub mod stats;

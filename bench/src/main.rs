@@ -1,4 +1,5 @@
-//! `ferry-bench`: `run` measures and writes BENCHMARKS.md; `app` and `sse-client` are the
+//! `ferry-bench`: `run` measures and writes BENCHMARKS.md; `resolver` measures kubernetes-mode
+//! resolution at scale on the Tier-1 cluster (bench/resolver.sh); `app` and `sse-client` are the
 //! harness's own app and streaming client, started by `run`.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ use ferry_bench::{
     matrix::{self, Cell, HEADLINE, Load, Path, Role},
     procfs,
     report::{self, CellResult, Meta},
+    resolver, resolver_report,
     runner::{self, Options, Run},
     sse,
     summary::{self, Memory},
@@ -42,6 +44,10 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark and write BENCHMARKS.md (what `make bench` does).
     Run(Box<RunArgs>),
+    /// Resolver scale on the Tier-1 cluster: memory per watched endpoint and endpoint-change
+    /// propagation; updates the "Resolver scale" section of BENCHMARKS.md. Runs inside the
+    /// cluster's network namespace: use `make bench-resolver` (bench/resolver.sh).
+    Resolver(ResolverArgs),
     /// The app under test (started by `run`).
     App {
         #[arg(long)]
@@ -126,8 +132,41 @@ struct RunArgs {
     quiet_budget_secs: Option<f64>,
 }
 
+#[derive(Args, Debug)]
+struct ResolverArgs {
+    /// Apps in the namespace (each with a Service and an EndpointSlice).
+    #[arg(long, default_value_t = 1000)]
+    apps: usize,
+    /// Endpoints per app.
+    #[arg(long, default_value_t = 10)]
+    endpoints_per_app: usize,
+    /// Endpoint changes to time (alternately not ready and ready).
+    #[arg(long, default_value_t = 200)]
+    changes: usize,
+    /// Objects applied at once while filling the namespace.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// The ferryd to measure [default: next to this binary].
+    #[arg(long, env = "FERRY_BENCH_FERRYD")]
+    ferryd: Option<PathBuf>,
+    /// Raw results (resolver.json), the section (resolver.md) and the sidecars' logs.
+    #[arg(long, env = "FERRY_BENCH_RESULTS_DIR", default_value = "bench/results")]
+    results_dir: PathBuf,
+    /// The report whose "Resolver scale" section is replaced in place [default: BENCHMARKS.md
+    /// at the default scale; none otherwise].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     match Cli::parse().cmd {
+        Cmd::Resolver(args) => match run_resolver(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferry-bench resolver: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::App { port } => match app::serve(SocketAddr::from(([127, 0, 0, 1], port))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -389,6 +428,14 @@ fn run(a: RunArgs) -> Result<(), Error> {
         limits: opts.limits,
     };
     let md = report::render(&meta, &results, &memory, &targets);
+    // The resolver scale section comes from its own run (bench/resolver.sh): carried over.
+    let md = resolver_report::carry_over(
+        &md,
+        fs::read_to_string(a.results_dir.join(RESOLVER_MD))
+            .ok()
+            .as_deref(),
+        fs::read_to_string(&out).ok().as_deref(),
+    );
     fs::write(&out, &md).map_err(Error::io("write the report"))?;
     let raw = Raw {
         meta: &meta,
@@ -416,6 +463,82 @@ fn run(a: RunArgs) -> Result<(), Error> {
         out.display(),
         a.results_dir.join("results.json").display(),
         meta.wall_secs / 60.0
+    );
+    Ok(())
+}
+
+/// The resolver run's section, in the results directory.
+const RESOLVER_MD: &str = "resolver.md";
+
+fn run_resolver(a: ResolverArgs) -> anyhow::Result<()> {
+    let (commit, dirty) = machine::git_commit();
+    let full_scale = a.apps == 1000 && a.endpoints_per_app == 10;
+    let ferryd = match a.ferryd.clone() {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .unwrap_or(FsPath::new("."))
+            .join("ferryd"),
+    };
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let meta = resolver_report::Meta {
+        command: if args.is_empty() {
+            "make bench-resolver".into()
+        } else {
+            format!("make bench-resolver ARGS='{}'", args.join(" "))
+        },
+        date: machine::now_utc(),
+        commit,
+        dirty,
+        machine: machine::read(),
+        kubernetes: ferry_e2e::k8s_version(),
+        ferryd: version(&ferryd, "--version"),
+    };
+    let dir = a.results_dir.join("resolver");
+    let _ = fs::remove_dir_all(&dir);
+    let opts = resolver::Options {
+        ferryd,
+        apps: a.apps,
+        endpoints_per_app: a.endpoints_per_app,
+        changes: a.changes,
+        concurrency: a.concurrency,
+        dir: dir.clone(),
+        meta,
+    };
+    eprintln!(
+        "ferry-bench resolver: {} apps × {} endpoints, {} endpoint changes (logs in {})",
+        a.apps,
+        a.endpoints_per_app,
+        a.changes,
+        dir.display()
+    );
+    let figures = resolver::run(&opts)?;
+    let section = resolver_report::render(&figures);
+    // Another scale is a trial: kept apart, so that `make bench` does not carry it over.
+    let name = if full_scale {
+        RESOLVER_MD
+    } else {
+        "resolver.trial.md"
+    };
+    fs::write(a.results_dir.join(name), &section)?;
+    fs::write(
+        a.results_dir.join("resolver.json"),
+        serde_json::to_vec_pretty(&figures)?,
+    )?;
+    let out = a
+        .out
+        .clone()
+        .or_else(|| full_scale.then(|| PathBuf::from("BENCHMARKS.md")));
+    if let Some(out) = &out {
+        let doc = fs::read_to_string(out).unwrap_or_default();
+        fs::write(out, resolver_report::splice(&doc, &section))?;
+    }
+    println!("{section}");
+    eprintln!(
+        "ferry-bench resolver: wrote {}{}",
+        a.results_dir.join(name).display(),
+        out.map(|o| format!(" and the section of {}", o.display()))
+            .unwrap_or_default()
     );
     Ok(())
 }

@@ -383,9 +383,10 @@ fn method(o: &mut String, meta: &Meta) {
   Dropped runs are listed above; when a round loses a run, up to {extra} more rounds are added.
   Before each run the harness waits (up to a budget) for half a second in which both CPUs are
   that quiet; the time it waited is stated at the top.
-- **Not measured here:** resolver scale (issue 8, item 4: 10,000 endpoints across 1,000 apps,
-  memory per watched endpoint, change propagation p50/p99) needs ferryd's Kubernetes mode, which
-  does not resolve app IDs through the API yet; it will be added to this harness with it.
+- **Resolver scale** (Kubernetes mode: 10,000 endpoints across 1,000 apps, memory per watched
+  endpoint, endpoint-change propagation) needs root and the Tier-1 cluster: `make bench-resolver`
+  (which `make bench` runs after the tables above when it can) measures it and writes its own
+  section, below; a run of `make bench` without it keeps the section of the last one.
 - **Comparing with published figures:** Dapr (v1.17: p50 +1.06 ms, p90 +1.48 ms, p99 +2.90 ms at
   1000 rps, 16 connections, 1 KiB) and Istio (p90 +0.23 ms, p99 +0.30 ms) were measured across
   nodes on Kubernetes with mTLS; these figures are loopback on one machine without TLS, so compare
