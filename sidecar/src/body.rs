@@ -129,6 +129,8 @@ pub struct Outgoing {
     /// Its length is known, so the request may go to another instance when the first could
     /// not be reached before anything was sent.
     pub fixed: bool,
+    /// The body is in memory already (empty, or read whole): nothing of it is left to stream.
+    pub whole: bool,
     /// Set once the body went over `--max-body-size` (see [`Limited::tripped`]).
     pub tripped: Arc<AtomicBool>,
 }
@@ -140,13 +142,15 @@ pub struct Outgoing {
 pub async fn outgoing(body: Limited<Incoming>) -> Result<Outgoing, BoxError> {
     let tripped = body.tripped();
     let declared = body.size_hint().exact();
-    let body = match declared {
-        Some(n) if n > 0 && n <= SMALL_BODY => full(body.collect().await?.to_bytes()),
-        _ => boxed(body),
+    let (body, whole) = match declared {
+        Some(n) if n > 0 && n <= SMALL_BODY => (full(body.collect().await?.to_bytes()), true),
+        Some(0) => (boxed(body), true),
+        _ => (boxed(body), false),
     };
     Ok(Outgoing {
         body,
         fixed: declared.is_some(),
+        whole,
         tripped,
     })
 }

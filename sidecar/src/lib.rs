@@ -16,6 +16,7 @@ pub mod invoke;
 pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
+pub mod peers;
 pub mod proxy;
 pub mod registry;
 pub mod server;

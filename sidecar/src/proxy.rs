@@ -34,8 +34,9 @@ use crate::{
         trace,
     },
     metrics::{CallType, Metrics, Peer},
+    peers::PeerPool,
     registry::RegistryResolver,
-    upstream::{AppChannel, Blocked, HttpClient, PeerPool, is_blocked},
+    upstream::{AppChannel, Blocked, HttpClient, is_blocked},
 };
 
 /// Name resolution for app IDs: standalone reads the registry directory; kubernetes mode
@@ -375,13 +376,22 @@ impl<R: Resolve> Sidecar<R> {
         let Outgoing {
             body,
             fixed,
+            whole,
             tripped,
         } = body;
+        let streamed = !whole;
         let attempts = if fixed { MAX_ATTEMPTS } else { 1 };
         let path_and_query = match query {
             Some(q) => format!("{}?{q}", method.path()),
             None => method.path(),
         };
+        // Origin form; `peers` adds the peer's address for the protocol it picks.
+        parts.uri = Uri::try_from(path_and_query.as_str()).map_err(|e| {
+            fail(Cause::InvalidUrl {
+                url: path_and_query.clone(),
+                reason: e.to_string(),
+            })
+        })?;
         let mut req = Request::from_parts(parts, body);
         let mut last_error = format!("no instance of {id} is available");
         let mut instances = instances;
@@ -415,26 +425,15 @@ impl<R: Resolve> Sidecar<R> {
             let tag = HeaderValue::from_str(&format!("{id}.{}", instances.namespace))
                 .expect("validated IDs and namespaces are valid header values");
             req.headers_mut().insert(names::FERRY_CALLEE, tag);
-            let mut sender = match self.peers.ready(addr).await {
-                Ok(s) => s,
+            let conn = match self.peers.checkout(addr, streamed).await {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(peer = %addr, error = %e, attempt, "cannot reach a peer sidecar");
                     last_error = format!("cannot connect to the sidecar of {id} at {addr}: {e}");
                     continue;
                 }
             };
-            *req.uri_mut() = Uri::builder()
-                .scheme("http")
-                .authority(addr.to_string())
-                .path_and_query(path_and_query.as_str())
-                .build()
-                .map_err(|e| {
-                    fail(Cause::InvalidUrl {
-                        url: path_and_query.clone(),
-                        reason: e.to_string(),
-                    })
-                })?;
-            match sender.try_send_request(req).await {
+            match conn.send(req).await {
                 Ok(resp) => return self.peer_answer(target, resp, peer.as_deref(), load).await,
                 Err(mut e) => {
                     self.peers.evict(addr);

@@ -1,14 +1,11 @@
 //! Connections out of the sidecar: to its own app, to peer sidecars, and to external servers.
 //!
 //! * The app channel keeps HTTP/1.1 connections alive (or one HTTP/2 connection for `h2c`).
-//! * Peers get one multiplexed HTTP/2 (h2c) connection each, made before a request is handed
-//!   over, so that a failure to connect never consumes the request body and the request can go
-//!   to another instance.
+//! * Peers: see [`crate::peers`].
 //! * External calls (HTTPEndpoints and URLs) never follow redirects, and URL calls refuse
 //!   link-local and cloud metadata addresses at resolution time (so DNS cannot smuggle them in).
 
 use std::{
-    collections::HashMap,
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -18,13 +15,12 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::{ArcSwap, ArcSwapOption};
 use http::Request;
-use hyper::{body::Incoming, client::conn::http2};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector, connect::dns::Name},
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioTimer},
 };
 use rustls::{
     ClientConfig, DigitallySignedStruct, SignatureScheme,
@@ -40,13 +36,6 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Bod
 /// How long to wait for a TCP connection (Dapr uses 15 s for HTTPEndpoints).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// HTTP/2 flow-control windows between sidecars, both ways. Fixed rather than adaptive:
-/// hyper's adaptive window measures the bandwidth-delay product with a PING per burst of
-/// data, which on short requests is an extra frame, syscall and wake-up on both sidecars for
-/// every call. 1 MiB per stream covers a 10 Gbit/s link at 0.8 ms round trip; the connection
-/// window bounds what one peer can make this sidecar buffer.
-pub const H2_STREAM_WINDOW: u32 = 1 << 20;
-pub const H2_CONNECTION_WINDOW: u32 = 4 << 20;
 /// Idle keep-alive connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
@@ -292,101 +281,6 @@ fn is_blocked_v4(v4: Ipv4Addr) -> bool {
         // Alibaba Cloud metadata, Azure's wire server.
         || v4 == Ipv4Addr::new(100, 100, 100, 200)
         || v4 == Ipv4Addr::new(168, 63, 129, 16)
-}
-
-// === impl PeerPool ===
-
-pub type PeerSender = http2::SendRequest<Body>;
-
-/// One multiplexed HTTP/2 connection per peer sidecar. Requests read the map without locking
-/// (a snapshot swap); a lock is taken only to connect.
-#[derive(Default)]
-pub struct PeerPool {
-    slots: ArcSwap<HashMap<SocketAddr, Arc<PeerSlot>>>,
-    insert: std::sync::Mutex<()>,
-}
-
-#[derive(Default)]
-struct PeerSlot {
-    sender: ArcSwapOption<PeerSender>,
-    connecting: tokio::sync::Mutex<()>,
-}
-
-impl PeerPool {
-    /// A sender on a live connection to `addr`, connecting first when there is none.
-    pub async fn ready(&self, addr: SocketAddr) -> io::Result<PeerSender> {
-        let slot = self.slot(addr);
-        if let Some(s) = live(&slot.sender) {
-            return Ok(s);
-        }
-        let _g = slot.connecting.lock().await;
-        if let Some(s) = live(&slot.sender) {
-            return Ok(s);
-        }
-        let sender = connect_peer(addr).await?;
-        slot.sender.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
-    }
-
-    /// Drops the connection to `addr` (after it failed), so the next request reconnects.
-    pub fn evict(&self, addr: SocketAddr) {
-        if let Some(slot) = self.slots.load().get(&addr) {
-            slot.sender.store(None);
-        }
-    }
-
-    fn slot(&self, addr: SocketAddr) -> Arc<PeerSlot> {
-        if let Some(s) = self.slots.load().get(&addr) {
-            return s.clone();
-        }
-        let _g = self.insert.lock().unwrap_or_else(|p| p.into_inner());
-        let current = self.slots.load_full();
-        if let Some(s) = current.get(&addr) {
-            return s.clone();
-        }
-        let mut next = (*current).clone();
-        let slot = Arc::new(PeerSlot::default());
-        next.insert(addr, slot.clone());
-        self.slots.store(Arc::new(next));
-        slot
-    }
-}
-
-fn live(sender: &ArcSwapOption<PeerSender>) -> Option<PeerSender> {
-    let guard = sender.load();
-    let s = guard.as_ref()?;
-    if s.is_closed() {
-        return None;
-    }
-    Some((**s).clone())
-}
-
-async fn connect_peer(addr: SocketAddr) -> io::Result<PeerSender> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connecting to {addr} timed out"),
-            )
-        })??;
-    tcp.set_nodelay(true)?;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(peer = %addr, error = %e, "peer connection ended");
-        }
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]

@@ -103,21 +103,24 @@ async fn internal_port_serves_only_its_own_app_id() {
     let b = mesh.sidecar("b").app_port(app.port).start().await;
     let url = format!("http://{}/x", b.internal);
 
-    for extra in [
-        &["-H", "ferry-callee: other.default"][..],
-        &["-H", "ferry-callee: b.prod"],
-        &[],
-    ] {
-        let mut args = vec!["--http2-prior-knowledge"];
-        args.extend_from_slice(extra);
-        args.push(&url);
-        let out = curl(&args).await;
-        assert_eq!(out.status, 500, "{extra:?}: {out:?}");
-        assert!(out.header("ferry-error").is_some(), "{out:?}");
-        assert_eq!(out.header("content-type"), Some("application/json"));
-        let v: serde_json::Value = serde_json::from_str(&out.body).unwrap();
-        assert_eq!(v["errorCode"], "ERR_DIRECT_INVOKE");
-        assert!(v["message"].as_str().unwrap().contains("b.default"), "{v}");
+    // Peers speak HTTP/1.1 there; HTTP/2 serves sidecars of earlier versions. Both are checked.
+    for protocol in ["--http1.1", "--http2-prior-knowledge"] {
+        for extra in [
+            &["-H", "ferry-callee: other.default"][..],
+            &["-H", "ferry-callee: b.prod"],
+            &[],
+        ] {
+            let mut args = vec![protocol];
+            args.extend_from_slice(extra);
+            args.push(&url);
+            let out = curl(&args).await;
+            assert_eq!(out.status, 500, "{protocol} {extra:?}: {out:?}");
+            assert!(out.header("ferry-error").is_some(), "{out:?}");
+            assert_eq!(out.header("content-type"), Some("application/json"));
+            let v: serde_json::Value = serde_json::from_str(&out.body).unwrap();
+            assert_eq!(v["errorCode"], "ERR_DIRECT_INVOKE");
+            assert!(v["message"].as_str().unwrap().contains("b.default"), "{v}");
+        }
     }
     assert_eq!(
         app.request_count(),
@@ -126,24 +129,14 @@ async fn internal_port_serves_only_its_own_app_id() {
     );
 
     // The same request, meant for b, is delivered: the refusal was about the app ID.
-    let out = curl(&[
-        "--http2-prior-knowledge",
-        "-H",
-        "ferry-callee: b.default",
-        &url,
-    ])
-    .await;
-    assert_eq!(out.status, 200, "{out:?}");
-    assert_eq!(app.request_count(), 1);
-
-    // HTTP/1.1 is not spoken there.
-    let out = raw_exchange(
-        b.internal.port(),
-        b"GET /x HTTP/1.1\r\nHost: b\r\nferry-callee: b.default\r\nConnection: close\r\n\r\n"
-            .to_vec(),
-    )
-    .await;
-    assert_ne!(out.status, Some(200), "{out:?}");
+    for (n, protocol) in ["--http1.1", "--http2-prior-knowledge"]
+        .into_iter()
+        .enumerate()
+    {
+        let out = curl(&[protocol, "-H", "ferry-callee: b.default", &url]).await;
+        assert_eq!(out.status, 200, "{protocol}: {out:?}");
+        assert_eq!(app.request_count(), n + 1);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,46 @@ async fn bodies_over_the_limit_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_refusing_a_small_body_is_heard_and_the_connection_pool_recovers() {
+    // Bodies up to 64 KiB travel whole, over pooled HTTP/1.1 connections between sidecars.
+    // A callee with a smaller limit refuses without reading the body; its answer must reach
+    // the caller every time, and the calls after it must still work.
+    let mesh = Mesh::new("small-refused");
+    let app = TestApp::start("tiny-app").await;
+    let tiny = mesh
+        .sidecar("b")
+        .app_port(app.port)
+        .args(&["--max-body-size", "16Ki"])
+        .start()
+        .await;
+    let a = mesh.sidecar("a").start().await;
+    for round in 0..20 {
+        for size in [16 * 1024 + 1, 32 * 1024, 64 * 1024] {
+            let body = "x".repeat(size);
+            let r = call(
+                "POST",
+                &a.url("/v1.0/invoke/b/method/up"),
+                &[],
+                body.as_str(),
+            )
+            .await;
+            let text = r.text();
+            assert_eq!(r.status, 500, "round {round}, {size} B: {text}");
+            assert!(
+                text.contains("--max-body-size"),
+                "round {round}, {size} B: {text}"
+            );
+        }
+        let e = call("POST", &a.url("/v1.0/invoke/b/method/ok"), &[], "small")
+            .await
+            .echo();
+        assert_eq!(e.body(), "small", "round {round}");
+    }
+    assert_eq!(app.request_count(), 20);
+    tiny.wait_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_responses_pass_intact() {
     let p = Pair::start("big-resp").await;
     let n = 10 * MIB + 7;
