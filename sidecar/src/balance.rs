@@ -11,10 +11,11 @@
 //! every instance that stays ([`Instances::rebuilt`]), so a snapshot swap does not forget the
 //! requests still in flight.
 
+use http::HeaderValue;
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -64,6 +65,18 @@ pub struct Instances {
     pub namespace: String,
     /// Sorted by address, without duplicates.
     backends: Vec<Arc<Backend>>,
+    /// The app these instances were resolved for, with its `dapr-callee-app-id` and
+    /// `ferry-callee` values: made on the first call, not on every one.
+    callee: OnceLock<(String, CalleeHeaders)>,
+}
+
+/// What a caller tells the callee about whom the request is for.
+#[derive(Debug, Clone)]
+pub struct CalleeHeaders {
+    /// `dapr-callee-app-id`: the app ID.
+    pub app_id: HeaderValue,
+    /// `ferry-callee`: `<app-id>.<namespace>`, checked by the callee.
+    pub tag: HeaderValue,
 }
 
 impl Instances {
@@ -91,6 +104,27 @@ impl Instances {
         Self {
             namespace,
             backends,
+            callee: OnceLock::new(),
+        }
+    }
+
+    /// The callee headers for `app` in these instances' namespace.
+    pub fn callee_headers(&self, app: &str) -> CalleeHeaders {
+        let make = || {
+            let hv = |s: &str| {
+                HeaderValue::from_str(s).expect("validated IDs and namespaces are header values")
+            };
+            CalleeHeaders {
+                app_id: hv(app),
+                tag: hv(&format!("{app}.{}", self.namespace)),
+            }
+        };
+        let (cached_for, headers) = self.callee.get_or_init(|| (app.to_owned(), make()));
+        // Instances are resolved for one app; should another ever ask, it gets its own.
+        if cached_for == app {
+            headers.clone()
+        } else {
+            make()
         }
     }
 

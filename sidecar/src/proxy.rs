@@ -366,9 +366,13 @@ impl<R: Resolve> Sidecar<R> {
                 })
             })?;
         let peer = self.record_sent(id.as_str());
-        let callee =
-            HeaderValue::from_str(id.as_str()).expect("validated IDs are valid header values");
-        headers::set_identity(&mut parts.headers, &self.id_value, &self.ns_value, &callee);
+        let callee = instances.callee_headers(id.as_str());
+        headers::set_identity(
+            &mut parts.headers,
+            &self.id_value,
+            &self.ns_value,
+            &callee.app_id,
+        );
         self.forwarded.append_to(&mut parts.headers);
 
         // A request whose length is known can go to another instance when the first cannot be
@@ -393,7 +397,7 @@ impl<R: Resolve> Sidecar<R> {
             })
         })?;
         let mut req = Request::from_parts(parts, body);
-        let mut last_error = format!("no instance of {id} is available");
+        let mut last_error = None;
         let mut instances = instances;
         // At most MAX_ATTEMPTS addresses: no allocation beyond the first failure.
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -422,14 +426,17 @@ impl<R: Resolve> Sidecar<R> {
             // until the response body ends; dropped with the request if this attempt fails.
             let load = InFlight::start(backend);
             // The callee checks that the request is meant for it: app ID and namespace.
-            let tag = HeaderValue::from_str(&format!("{id}.{}", instances.namespace))
-                .expect("validated IDs and namespaces are valid header values");
-            req.headers_mut().insert(names::FERRY_CALLEE, tag);
+            req.headers_mut().insert(
+                names::FERRY_CALLEE,
+                instances.callee_headers(id.as_str()).tag,
+            );
             let conn = match self.peers.checkout(addr, streamed).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(peer = %addr, error = %e, attempt, "cannot reach a peer sidecar");
-                    last_error = format!("cannot connect to the sidecar of {id} at {addr}: {e}");
+                    last_error = Some(format!(
+                        "cannot connect to the sidecar of {id} at {addr}: {e}"
+                    ));
                     continue;
                 }
             };
@@ -445,16 +452,19 @@ impl<R: Resolve> Sidecar<R> {
                             limit: self.max_body,
                         }));
                     }
-                    last_error = format!("sidecar of {id} at {addr}: {}", chain(e.error()));
+                    let error = format!("sidecar of {id} at {addr}: {}", chain(e.error()));
                     match e.take_message() {
                         // Not sent at all: safe to try elsewhere.
                         Some(back) if fixed => req = back,
-                        _ => return Err(fail(Cause::Remote(last_error))),
+                        _ => return Err(fail(Cause::Remote(error))),
                     }
+                    last_error = Some(error);
                 }
             }
         }
-        Err(fail(Cause::Remote(last_error)))
+        Err(fail(Cause::Remote(last_error.unwrap_or_else(|| {
+            format!("no instance of {id} is available")
+        }))))
     }
 
     /// Turns a peer's answer into ours: its own errors are re-issued under our target, the

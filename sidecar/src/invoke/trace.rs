@@ -69,12 +69,21 @@ impl SpanContext {
         }
     }
 
+    /// `00-<trace-id>-<span-id>-<flags>`, written without the formatting machinery (this
+    /// runs for every request).
     pub fn to_header(self) -> HeaderValue {
-        let s = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        );
-        HeaderValue::from_str(&s).expect("hex digits and dashes are a valid header value")
+        fn hex(out: &mut [u8], mut v: u128) {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            for b in out.iter_mut().rev() {
+                *b = DIGITS[(v & 0xf) as usize];
+                v >>= 4;
+            }
+        }
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex(&mut buf[3..35], self.trace_id);
+        hex(&mut buf[36..52], u128::from(self.span_id));
+        hex(&mut buf[53..55], u128::from(self.flags));
+        HeaderValue::from_bytes(&buf).expect("hex digits and dashes are a valid header value")
     }
 }
 
@@ -280,6 +289,28 @@ mod tests {
     }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn formats_with_leading_zeros_and_all_bits() {
+        let s = SpanContext {
+            trace_id: 1,
+            span_id: u64::MAX,
+            flags: 1,
+        };
+        assert_eq!(
+            s.to_header(),
+            "00-00000000000000000000000000000001-ffffffffffffffff-01"
+        );
+        let s = SpanContext {
+            trace_id: u128::MAX,
+            span_id: 0x0a,
+            flags: 0,
+        };
+        assert_eq!(
+            s.to_header(),
+            "00-ffffffffffffffffffffffffffffffff-000000000000000a-00"
+        );
+    }
 
     #[test]
     fn parses_and_formats() {
