@@ -12,6 +12,9 @@ use crate::{
     summary::{Memory, PathSummary, Target, find},
 };
 
+/// "Where ferryd's time goes, and what was changed" (bench/profile.md).
+const PROFILE: &str = include_str!("../profile.md");
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Meta {
     pub command: String,
@@ -262,6 +265,10 @@ pub fn render(meta: &Meta, cells: &[CellResult], mem: &Memory, targets: &[Target
         .unwrap();
     }
     o.push('\n');
+
+    // What profiling found and what was changed: prose kept next to the harness, since a run
+    // cannot measure it; bench/percall.sh reproduces its figures.
+    o.push_str(PROFILE);
 
     o.push_str("## Every cell\n\nEach cell changes one thing against the headline.\n\n");
     for c in cells {
@@ -514,6 +521,7 @@ mod tests {
         }];
         let md = render(&meta, &cells, &Memory::default(), &targets);
         assert!(md.contains("## Headline: 1000 rps, 16 connections, 1 KiB POST"));
+        assert!(md.contains("## Where ferryd's time goes, and what was changed"));
         assert!(md.contains(
             "| ferryd pair (load → ferryd → ferryd → app) | 300 µs | 300 µs | 300 µs | 300 µs | +200 µs <sub>(+195 µs…+205 µs)</sub>"
         ));

@@ -475,8 +475,9 @@ async fn changes(
     Ok((samples, gap))
 }
 
-/// The probe listener on `ip` (the bridge's address, a pod IP on this node): HTTP/2 without
-/// TLS, as ferryd talks to peer sidecars; every request gets 200. Returns its address.
+/// The probe listener on `ip` (the bridge's address, a pod IP on this node): HTTP/1.1 and
+/// HTTP/2 without TLS, as a sidecar's internal port; every request gets 200. Returns its
+/// address.
 async fn probe_server(ip: std::net::IpAddr) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind((ip, 0))
         .await
@@ -492,7 +493,9 @@ async fn probe_server(ip: std::net::IpAddr) -> anyhow::Result<SocketAddr> {
                 let svc = service_fn(|_req: Request<Incoming>| async {
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"probe\n"))))
                 });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                // Both protocols, as a sidecar's internal port: calls with small bodies
+                // arrive over HTTP/1.1, streamed ones over HTTP/2.
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
             });

@@ -294,7 +294,7 @@ pub fn render(f: &Figures) -> String {
          an app resolves without waiting for a timeout (the API server refuses loopback \
          addresses). The exception is the first endpoint of `app-0000`: the pod bridge's \
          address (what a pod IP is on this node), where a listener of the harness answers \
-         HTTP/2 with 200. All are written with kube-rs server-side apply.",
+         200 over HTTP/1.1 and HTTP/2, as a sidecar's internal port. All are written with kube-rs server-side apply.",
         f.endpoints_per_app
     )
     .unwrap();
