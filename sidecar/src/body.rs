@@ -129,8 +129,9 @@ pub struct Outgoing {
     /// Its length is known, so the request may go to another instance when the first could
     /// not be reached before anything was sent.
     pub fixed: bool,
-    /// The body is in memory already (empty, or read whole): nothing of it is left to stream.
-    pub whole: bool,
+    /// The body when it is in memory already (empty, or read whole): nothing of it is left
+    /// to stream, and the request can be sent again.
+    pub whole: Option<Bytes>,
     /// Set once the body went over `--max-body-size` (see [`Limited::tripped`]).
     pub tripped: Arc<AtomicBool>,
 }
@@ -143,9 +144,12 @@ pub async fn outgoing(body: Limited<Incoming>) -> Result<Outgoing, BoxError> {
     let tripped = body.tripped();
     let declared = body.size_hint().exact();
     let (body, whole) = match declared {
-        Some(n) if n > 0 && n <= SMALL_BODY => (full(body.collect().await?.to_bytes()), true),
-        Some(0) => (boxed(body), true),
-        _ => (boxed(body), false),
+        Some(n) if n > 0 && n <= SMALL_BODY => {
+            let bytes = body.collect().await?.to_bytes();
+            (full(bytes.clone()), Some(bytes))
+        }
+        Some(0) => (boxed(body), Some(Bytes::new())),
+        _ => (boxed(body), None),
     };
     Ok(Outgoing {
         body,

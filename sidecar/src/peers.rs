@@ -16,7 +16,10 @@
 //!
 //! Either way the connection is made before the request is handed over, so a failure to
 //! connect never consumes the request, and a pooled connection that turns out closed gives
-//! the request back (`try_send_request`): the request can go to another instance.
+//! the request back (`try_send_request`): the request can go to another instance. A
+//! kept-alive HTTP/1.1 connection that the peer closed just as the request went out (the
+//! request was written, so it does not come back) costs an idempotent request nothing: it is
+//! sent once more on a new connection, as Go's transport does ([`Replay`]).
 
 use std::{
     collections::HashMap,
@@ -28,8 +31,9 @@ use std::{
 };
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
 use http::{
-    HeaderValue, Request, Response, Uri,
+    HeaderValue, Method, Request, Response, Uri,
     header::HOST,
     uri::{Authority, Scheme},
 };
@@ -91,10 +95,16 @@ impl PeerPool {
         let slot = self.slot(addr);
         let sender = if streamed {
             Sender::Http2(slot.http2().await?)
-        } else if let Some(idle) = slot.take() {
-            Sender::Http1(idle)
+        } else if let Some(sender) = slot.take() {
+            Sender::Http1 {
+                sender,
+                reused: true,
+            }
         } else {
-            Sender::Http1(connect_http1(addr).await?)
+            Sender::Http1 {
+                sender: connect_http1(addr).await?,
+                reused: false,
+            }
         };
         Ok(PeerConn { sender, slot })
     }
@@ -225,8 +235,37 @@ fn live(sender: &ArcSwapOption<http2::SendRequest<Body>>) -> Option<http2::SendR
 }
 
 enum Sender {
-    Http1(http1::SendRequest<Body>),
+    Http1 {
+        sender: http1::SendRequest<Body>,
+        /// Taken from the idle list, rather than made for this request.
+        reused: bool,
+    },
     Http2(http2::SendRequest<Body>),
+}
+
+/// A copy of a request that may be sent once more when a kept-alive connection turns out to
+/// have been closed by the peer as the request went out: as Go's transport, only for an
+/// idempotent method (GET, HEAD, OPTIONS, TRACE) or a request with an idempotency key, and
+/// only with its body in memory.
+pub struct Replay(Request<Body>);
+
+impl Replay {
+    /// A copy of `req`, whose whole body is `body`, when it may be replayed.
+    pub fn of(req: &Request<Body>, body: &Bytes) -> Option<Self> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        ) || req.headers().contains_key("idempotency-key")
+            || req.headers().contains_key("x-idempotency-key");
+        if !idempotent {
+            return None;
+        }
+        let mut copy = Request::new(crate::body::full(body.clone()));
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.headers_mut() = req.headers().clone();
+        Some(Self(copy))
+    }
 }
 
 /// A connection to a peer, checked out for one request.
@@ -236,31 +275,46 @@ pub struct PeerConn {
 }
 
 impl PeerConn {
+    /// Whether this is a kept-alive HTTP/1.1 connection that served an earlier request (only
+    /// such a request may need a [`Replay`]).
+    pub fn reused(&self) -> bool {
+        matches!(self.sender, Sender::Http1 { reused: true, .. })
+    }
+
     /// Sends `req`, whose URI is the path and query (origin form); `Host` or `:authority` is
     /// the peer's address. An error that hands the request back means nothing of it was
-    /// written. An HTTP/1.1 connection returns to the pool once the response body has been
-    /// read to its end; a response dropped halfway closes it.
+    /// written. On a reused connection that fails before an answer, `replay` is sent once
+    /// over a new connection. An HTTP/1.1 connection returns to the pool once the response
+    /// body has been read to its end; a response dropped halfway closes it.
     pub async fn send(
         self,
         mut req: Request<Body>,
+        replay: Option<Replay>,
     ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
         let PeerConn { sender, slot } = self;
         match sender {
-            Sender::Http1(mut sender) => {
-                if req.uri().scheme().is_some() {
-                    // Handed back by an HTTP/2 attempt: origin form again.
-                    let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                    *req.uri_mut() = Uri::try_from(origin).expect("a valid path stays valid");
-                }
-                *req.version_mut() = http::Version::HTTP_11;
-                req.headers_mut().insert(HOST, slot.host.clone());
-                let resp = sender.try_send_request(req).await?;
-                tokio::spawn(async move {
-                    if poll_fn(|cx| sender.poll_ready(cx)).await.is_ok() {
-                        slot.put(sender);
+            Sender::Http1 { mut sender, reused } => {
+                for_http1(&mut req, &slot);
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        slot.give_back(sender);
+                        Ok(resp)
                     }
-                });
-                Ok(resp)
+                    Err(e) => {
+                        let (true, None, Some(Replay(mut again))) = (reused, e.message(), replay)
+                        else {
+                            return Err(e);
+                        };
+                        let Ok(mut fresh) = connect_http1(slot.addr).await else {
+                            return Err(e);
+                        };
+                        tracing::debug!(peer = %slot.addr, error = %e.error(), "a kept-alive connection failed; sending the idempotent request again on a new one");
+                        for_http1(&mut again, &slot);
+                        let resp = fresh.try_send_request(again).await?;
+                        slot.give_back(fresh);
+                        Ok(resp)
+                    }
+                }
             }
             Sender::Http2(mut sender) => {
                 let mut uri = std::mem::take(req.uri_mut()).into_parts();
@@ -272,6 +326,30 @@ impl PeerConn {
                 sender.try_send_request(req).await
             }
         }
+    }
+}
+
+/// Origin form (a request handed back by an HTTP/2 attempt has an absolute URI), HTTP/1.1,
+/// and the peer's address as `Host`.
+fn for_http1(req: &mut Request<Body>, slot: &PeerSlot) {
+    if req.uri().scheme().is_some() {
+        let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = Uri::try_from(origin).expect("a valid path stays valid");
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    req.headers_mut().insert(HOST, slot.host.clone());
+}
+
+impl PeerSlot {
+    /// Puts `sender` back in the idle list once its connection is free again: when the
+    /// response body has been read to its end (from a task of its own).
+    fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<Body>) {
+        let slot = self.clone();
+        tokio::spawn(async move {
+            if poll_fn(|cx| sender.poll_ready(cx)).await.is_ok() {
+                slot.put(sender);
+            }
+        });
     }
 }
 
@@ -379,7 +457,11 @@ mod tests {
         let conn = pool.checkout(addr, streamed).await.unwrap();
         let mut req = Request::new(crate::body::empty());
         *req.uri_mut() = "/x".parse().unwrap();
-        let resp = conn.send(req).await.map_err(|e| e.into_error()).unwrap();
+        let resp = conn
+            .send(req, None)
+            .await
+            .map_err(|e| e.into_error())
+            .unwrap();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
     }
@@ -431,6 +513,106 @@ mod tests {
         pool.evict(addr);
         assert_eq!(send(&pool, addr, true).await, format!("HTTP/2.0 {addr} /x"));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A peer that answers the first request of every connection and closes the connection
+    /// when the second one has arrived, unanswered: a kept-alive connection the peer closed
+    /// just as a request went out.
+    async fn closing_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for answered in [true, false] {
+                        let mut chunk = [0u8; 4096];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = s.read(&mut chunk).await.unwrap();
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        buf.clear();
+                        if answered {
+                            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn call(pool: &PeerPool, addr: SocketAddr, method: Method) -> Result<u16, String> {
+        let conn = pool.checkout(addr, false).await.unwrap();
+        let mut req = Request::new(crate::body::empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = "/x".parse().unwrap();
+        let replay = if conn.reused() {
+            Replay::of(&req, &Bytes::new())
+        } else {
+            None
+        };
+        match conn.send(req, replay).await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                resp.into_body().collect().await.unwrap();
+                returned(pool, addr).await;
+                Ok(status)
+            }
+            Err(e) => Err(e.into_error().to_string()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_is_sent_again_when_a_kept_alive_connection_fails() {
+        let (addr, accepted) = closing_server().await;
+        let pool = PeerPool::default();
+        assert_eq!(call(&pool, addr, Method::GET).await, Ok(200));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // The kept-alive connection is closed under the request: sent again on a new one.
+        assert_eq!(call(&pool, addr, Method::GET).await, Ok(200));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A POST is not sent twice: the peer may have acted on it.
+        let err = call(&pool, addr, Method::POST).await.unwrap_err();
+        assert!(err.contains("closed"), "{err}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn only_idempotent_requests_are_replayed() {
+        let req = |m: Method, key: Option<&'static str>| {
+            let mut r = Request::new(crate::body::empty());
+            *r.method_mut() = m;
+            if let Some(k) = key {
+                r.headers_mut().insert(k, HeaderValue::from_static("k1"));
+            }
+            r
+        };
+        let body = Bytes::from_static(b"b");
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE] {
+            assert!(Replay::of(&req(m.clone(), None), &body).is_some(), "{m}");
+        }
+        for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert!(Replay::of(&req(m.clone(), None), &body).is_none(), "{m}");
+            assert!(
+                Replay::of(&req(m.clone(), Some("idempotency-key")), &body).is_some(),
+                "{m}"
+            );
+            assert!(
+                Replay::of(&req(m.clone(), Some("x-idempotency-key")), &body).is_some(),
+                "{m}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ use crate::{
         trace,
     },
     metrics::{CallType, Metrics, Peer},
-    peers::PeerPool,
+    peers::{PeerPool, Replay},
     registry::RegistryResolver,
     upstream::{AppChannel, Blocked, HttpClient, is_blocked},
 };
@@ -383,7 +383,7 @@ impl<R: Resolve> Sidecar<R> {
             whole,
             tripped,
         } = body;
-        let streamed = !whole;
+        let streamed = whole.is_none();
         let attempts = if fixed { MAX_ATTEMPTS } else { 1 };
         let path_and_query = match query {
             Some(q) => format!("{}?{q}", method.path()),
@@ -440,7 +440,11 @@ impl<R: Resolve> Sidecar<R> {
                     continue;
                 }
             };
-            match conn.send(req).await {
+            let replay = match &whole {
+                Some(bytes) if conn.reused() => Replay::of(&req, bytes),
+                _ => None,
+            };
+            match conn.send(req, replay).await {
                 Ok(resp) => return self.peer_answer(target, resp, peer.as_deref(), load).await,
                 Err(mut e) => {
                     self.peers.evict(addr);
