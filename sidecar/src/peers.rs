@@ -26,7 +26,10 @@ use std::{
     future::poll_fn,
     io,
     net::SocketAddr,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -69,6 +72,8 @@ pub struct PeerPool {
 struct Inner {
     slots: ArcSwap<HashMap<SocketAddr, Arc<PeerSlot>>>,
     insert: Mutex<()>,
+    /// The reaper runs from the first peer on, once per pool.
+    reaping: AtomicBool,
 }
 
 struct PeerSlot {
@@ -127,7 +132,7 @@ impl PeerPool {
         if let Some(s) = current.get(&addr) {
             return s.clone();
         }
-        if current.is_empty() {
+        if !self.inner.reaping.swap(true, Ordering::AcqRel) {
             // The first peer: from now on, idle connections are looked over now and then.
             tokio::spawn(reap(Arc::downgrade(&self.inner)));
         }
