@@ -69,6 +69,7 @@ e2e-kind: ## Tier 2, on a host with Docker: kind, the images, helm install, the 
 	bash e2e/kind/run.sh
 
 bench: ## ferryd next to a direct call and an nginx pair, then resolver scale (as root); rewrites BENCHMARKS.md (~30 min; BENCH_ARGS=--quick: ~3 min, no resolver scale)
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null; }
 	$(CARGO) build --release -p ferry-sidecar
 	$(CARGO) run --release --quiet -p ferry-bench -- run $(BENCH_ARGS)
 ifeq ($(findstring --quick,$(BENCH_ARGS)),)

@@ -6,13 +6,14 @@
 #
 # Starts the benchmark app and two ferryd (caller and callee) pinned to CPU 1, drives the caller
 # with oha at 1000 rps, 16 connections, 1 KiB POST from CPU 0, and counts with `perf stat` over
-# 5 s on each ferryd. Needs perf (Debian: linux-perf) and root (tracepoints); oha comes from
-# make bench's cache. Prints one line per ferryd, each figure per call.
+# 5 s on each ferryd. Needs root (tracepoints); installs perf (Debian: linux-perf) when missing;
+# oha comes from make bench's cache. Prints one line per ferryd, each figure per call.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="${1:-$root/target/release}"
 oha="${FERRY_CACHE:-$HOME/.cache/ferry}/oha/1.16.0/bin/oha"
+command -v perf >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
 for tool in perf taskset "$oha" "$bin/ferryd" "$bin/ferry-bench"; do
   command -v "$tool" >/dev/null || { echo "percall: $tool is missing (make bench installs oha and builds the rest)" >&2; exit 1; }
 done
