@@ -6,7 +6,10 @@
 
 use crate::body::{self, Body};
 use ferry_api::headers::FERRY_ERROR;
-use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE};
+use http::{
+    HeaderValue, Response, StatusCode,
+    header::{CONNECTION, CONTENT_TYPE},
+};
 
 pub const ERR_DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";
 
@@ -205,6 +208,13 @@ impl InvokeError {
             resp.headers_mut()
                 .insert(FERRY_ERROR, HeaderValue::from_static(kind));
         }
+        if matches!(self.cause, Cause::BodyTooLarge { .. }) {
+            // The rest of the body was refused unread, so an HTTP/1.1 connection cannot carry
+            // another request: say so, or a client that pooled it would send its next request
+            // into a socket the server is closing (hyper drops this header on HTTP/2).
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
@@ -217,6 +227,14 @@ mod tests {
     async fn json_of(resp: Response<Body>) -> serde_json::Value {
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn only_a_refused_body_closes_the_connection() {
+        let refused = InvokeError::callee(Cause::BodyTooLarge { limit: 10 }).into_response();
+        assert_eq!(refused.headers()[CONNECTION], "close");
+        let other = InvokeError::callee(Cause::AppUnhealthy).into_response();
+        assert!(other.headers().get(CONNECTION).is_none());
     }
 
     #[tokio::test]
