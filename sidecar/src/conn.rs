@@ -19,14 +19,12 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::Sleep,
 };
 
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 
 /// What a connection's requests tell its reader: whether one ever started, and how many are
 /// in progress (from the call of the service until the response body is written or dropped).
@@ -62,41 +60,13 @@ impl InProgress {
     /// Hands this request's end over to the response body: it ends when `body` has been
     /// written out or dropped.
     pub fn until_written(self, body: Body) -> Body {
-        Body::new(Tracked {
-            inner: body,
-            _guard: self,
-        })
+        crate::body::holding(body, self)
     }
 }
 
 impl Drop for InProgress {
     fn drop(&mut self) {
         self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-struct Tracked {
-    inner: Body,
-    _guard: InProgress,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

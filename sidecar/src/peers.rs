@@ -56,10 +56,13 @@ const MAX_IDLE_PER_PEER: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often idle connections are looked over.
 const REAP_EVERY: Duration = Duration::from_secs(30);
-/// HTTP/2 flow-control windows to peers: fixed, not adaptive (whose bandwidth probe is a PING
-/// per burst of data); 1 MiB per stream covers a 10 Gbit/s link at 0.8 ms round trip.
-const H2_STREAM_WINDOW: u32 = 1 << 20;
-const H2_CONNECTION_WINDOW: u32 = 4 << 20;
+/// HTTP/2 flow-control windows, both ways (to peers, and for the HTTP/2 clients of the
+/// sidecar's ports): fixed, not adaptive, whose bandwidth probe is a PING per burst of data,
+/// an extra frame, syscall and wake-up for every short call. 1 MiB per stream covers a
+/// 10 Gbit/s link at 0.8 ms round trip; the connection window bounds what one connection can
+/// make the sidecar buffer.
+pub(crate) const H2_STREAM_WINDOW: u32 = 1 << 20;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// Connections per peer address. Requests find their peer's slot without locking (a snapshot
 /// swap); the slot's short lock covers taking or returning one idle connection.
@@ -371,16 +374,21 @@ async fn connect_tcp(addr: SocketAddr) -> io::Result<TokioIo<tokio::net::TcpStre
     Ok(TokioIo::new(tcp))
 }
 
-async fn connect_http1(addr: SocketAddr) -> io::Result<http1::SendRequest<Body>> {
-    let (sender, conn) = http1::Builder::new()
-        .handshake(connect_tcp(addr).await?)
-        .await
-        .map_err(io::Error::other)?;
+/// Runs a peer connection's I/O in a task of its own until it ends.
+fn drive(addr: SocketAddr, conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(peer = %addr, error = %e, "peer connection ended");
         }
     });
+}
+
+async fn connect_http1(addr: SocketAddr) -> io::Result<http1::SendRequest<Body>> {
+    let (sender, conn) = http1::Builder::new()
+        .handshake(connect_tcp(addr).await?)
+        .await
+        .map_err(io::Error::other)?;
+    drive(addr, conn);
     Ok(sender)
 }
 
@@ -395,11 +403,7 @@ async fn connect_http2(addr: SocketAddr) -> io::Result<http2::SendRequest<Body>>
         .handshake(connect_tcp(addr).await?)
         .await
         .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(peer = %addr, error = %e, "peer connection ended");
-        }
-    });
+    drive(addr, conn);
     Ok(sender)
 }
 

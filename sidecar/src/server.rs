@@ -26,6 +26,7 @@ use crate::{
     conn, endpoints,
     kubernetes::{self, KubeResolver, httpendpoints},
     metrics::Metrics,
+    peers::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW},
     proxy::{Resolve, Sidecar, SidecarParts},
     registry::{Entry, Registration, RegistryResolver, now_unix},
     upstream::{AppChannel, GuardedResolver, http_client, native_roots_tls},
@@ -493,14 +494,6 @@ fn not_on_this_machine(e: &io::Error) -> bool {
     const EAFNOSUPPORT: i32 = 47;
     e.kind() == io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
 }
-
-/// HTTP/2 flow-control windows for the HTTP/2 clients of the API and internal ports. Fixed
-/// rather than adaptive: hyper's adaptive window measures the bandwidth-delay product with a
-/// PING per burst of data, an extra frame, syscall and wake-up for every short call. 1 MiB
-/// per stream covers a 10 Gbit/s link at 0.8 ms round trip; the connection window bounds
-/// what one client can make the sidecar buffer.
-const H2_STREAM_WINDOW: u32 = 1 << 20;
-const H2_CONNECTION_WINDOW: u32 = 4 << 20;
 
 /// Every port serves HTTP/1.1 and HTTP/2 (prior knowledge). Peers call the internal port over
 /// HTTP/1.1 (see `peers`); HTTP/2 there serves sidecars of earlier versions.
