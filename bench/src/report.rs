@@ -12,6 +12,18 @@ use crate::{
     summary::{Memory, PathSummary, Target, find},
 };
 
+/// The command, date and commit lines of a report, naming uncommitted changes.
+pub fn provenance(o: &mut String, command: &str, date: &str, commit: &str, dirty: &[String]) {
+    writeln!(o, "- **Command:** `{command}`").unwrap();
+    let dirty = if dirty.is_empty() {
+        String::new()
+    } else {
+        let files: Vec<_> = dirty.iter().map(|l| format!("`{l}`")).collect();
+        format!(" **with uncommitted changes** in: {}", files.join(", "))
+    };
+    writeln!(o, "- **Date:** {date}; **commit** `{commit}`{dirty}").unwrap();
+}
+
 /// "Where ferryd's time goes, and what was changed" (bench/profile.md).
 const PROFILE: &str = include_str!("../profile.md");
 
@@ -183,25 +195,7 @@ pub fn render(meta: &Meta, cells: &[CellResult], mem: &Memory, targets: &[Target
          nginx reverse proxies (the practical floor for two HTTP proxy hops), all measured in the \
          same run, interleaved, on the same machine. All traffic is on loopback.\n\n",
     );
-    writeln!(o, "- **Command:** `{}`", meta.command).unwrap();
-    let dirty = if meta.dirty.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " **with uncommitted changes** in: {}",
-            meta.dirty
-                .iter()
-                .map(|l| format!("`{l}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    writeln!(
-        o,
-        "- **Date:** {}; **commit** `{}`{dirty}",
-        meta.date, meta.commit
-    )
-    .unwrap();
+    provenance(&mut o, &meta.command, &meta.date, &meta.commit, &meta.dirty);
     writeln!(
         o,
         "- **Machine:** {}, {} CPUs, {:.1} GiB, Linux {} (a shared virtual machine)",

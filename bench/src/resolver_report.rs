@@ -153,25 +153,7 @@ pub fn render(f: &Figures) -> String {
         f.endpoints_per_app
     )
     .unwrap();
-    writeln!(o, "- **Command:** `{}`", m.command).unwrap();
-    let dirty = if m.dirty.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " **with uncommitted changes** in: {}",
-            m.dirty
-                .iter()
-                .map(|l| format!("`{l}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    writeln!(
-        o,
-        "- **Date:** {}; **commit** `{}`{dirty}",
-        m.date, m.commit
-    )
-    .unwrap();
+    crate::report::provenance(&mut o, &m.command, &m.date, &m.commit, &m.dirty);
     writeln!(
         o,
         "- **Machine:** {}, {} CPUs, {:.1} GiB, Linux {} (a shared virtual machine); the control \
