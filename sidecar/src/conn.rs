@@ -32,12 +32,18 @@ use crate::body::Body;
 pub struct Activity {
     started: AtomicBool,
     in_progress: AtomicUsize,
+    http2: AtomicBool,
 }
 
 impl Activity {
     /// Whether the connection ever delivered a request.
     pub fn started(&self) -> bool {
         self.started.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection speaks HTTP/2 (its preface has arrived).
+    pub fn http2(&self) -> bool {
+        self.http2.load(Ordering::Acquire)
     }
 
     fn idle(&self) -> bool {
@@ -109,6 +115,7 @@ impl<S> HeadDeadline<S> {
             self.protocol = Protocol::Http1;
         } else if self.seen.len() == PREFACE.len() {
             self.protocol = Protocol::Http2;
+            self.activity.http2.store(true, Ordering::Release);
         }
         if self.protocol != Protocol::Unknown {
             self.seen = Vec::new();

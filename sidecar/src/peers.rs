@@ -19,7 +19,9 @@
 //! the request back (`try_send_request`): the request can go to another instance. A
 //! kept-alive HTTP/1.1 connection that the peer closed just as the request went out (the
 //! request was written, so it does not come back) costs an idempotent request nothing: it is
-//! sent once more on a new connection, as Go's transport does ([`Replay`]).
+//! sent once more on a new connection, as Go's transport does ([`Replay`]), or, when the peer
+//! takes no new connection (a sidecar shutting down closes its idle connections and its
+//! listener), to another instance.
 
 use std::{
     collections::HashMap,
@@ -292,13 +294,14 @@ impl PeerConn {
     /// Sends `req`, whose URI is the path and query (origin form); `Host` or `:authority` is
     /// the peer's address. An error that hands the request back means nothing of it was
     /// written. On a reused connection that fails before an answer, `replay` is sent once
-    /// over a new connection. An HTTP/1.1 connection returns to the pool once the response
+    /// over a new connection, or handed back in the error when the peer takes no new
+    /// connection (it is shutting down), so that it can go to another instance. An HTTP/1.1 connection returns to the pool once the response
     /// body has been read to its end; a response dropped halfway closes it.
     pub async fn send(
         self,
         mut req: Request<Body>,
         replay: Option<Replay>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<Body>>> {
+    ) -> Result<Response<Incoming>, SendError> {
         let PeerConn { sender, slot } = self;
         match sender {
             Sender::Http1 { mut sender, reused } => {
@@ -311,12 +314,20 @@ impl PeerConn {
                     Err(e) => {
                         let (true, None, Some(Replay(mut again))) = (reused, e.message(), replay)
                         else {
-                            return Err(e);
+                            return Err(e.into());
                         };
+                        let error = e.into_error();
                         let Ok(mut fresh) = connect_http1(slot.addr).await else {
-                            return Err(e);
+                            // The peer is gone (a sidecar shutting down closes its idle
+                            // connections and its listener): the idempotent request may go
+                            // to another instance.
+                            tracing::debug!(peer = %slot.addr, %error, "a kept-alive connection failed and the peer takes no new one; the idempotent request may go elsewhere");
+                            return Err(SendError {
+                                error,
+                                back: Some(again),
+                            });
                         };
-                        tracing::debug!(peer = %slot.addr, error = %e.error(), "a kept-alive connection failed; sending the idempotent request again on a new one");
+                        tracing::debug!(peer = %slot.addr, %error, "a kept-alive connection failed; sending the idempotent request again on a new one");
                         for_http1(&mut again, &slot);
                         let resp = fresh.try_send_request(again).await?;
                         slot.give_back(fresh);
@@ -331,8 +342,43 @@ impl PeerConn {
                 *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path");
                 *req.version_mut() = http::Version::HTTP_2;
                 req.headers_mut().remove(HOST);
-                sender.try_send_request(req).await
+                Ok(sender.try_send_request(req).await?)
             }
+        }
+    }
+}
+
+/// A request to a peer that failed.
+#[derive(Debug)]
+pub struct SendError {
+    error: hyper::Error,
+    /// The request, when it may still go to another instance: nothing of it was written, or
+    /// it is an idempotent request whose kept-alive connection failed and whose peer then
+    /// refused a new one.
+    back: Option<Request<Body>>,
+}
+
+impl SendError {
+    pub fn error(&self) -> &hyper::Error {
+        &self.error
+    }
+
+    /// The request, when it may be sent to another instance.
+    pub fn take_message(&mut self) -> Option<Request<Body>> {
+        self.back.take()
+    }
+
+    pub fn into_error(self) -> hyper::Error {
+        self.error
+    }
+}
+
+impl From<TrySendError<Request<Body>>> for SendError {
+    fn from(mut e: TrySendError<Request<Body>>) -> Self {
+        let back = e.take_message();
+        Self {
+            error: e.into_error(),
+            back,
         }
     }
 }
@@ -526,8 +572,9 @@ mod tests {
 
     /// A peer that answers the first request of every connection and closes the connection
     /// when the second one has arrived, unanswered: a kept-alive connection the peer closed
-    /// just as a request went out.
-    async fn closing_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// just as a request went out. With `once`, it closes its listener after the first
+    /// connection, as a sidecar shutting down does.
+    async fn closing_server(once: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -537,7 +584,7 @@ mod tests {
             loop {
                 let (mut s, _) = l.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
+                let serving = tokio::spawn(async move {
                     let mut buf = Vec::new();
                     for answered in [true, false] {
                         let mut chunk = [0u8; 4096];
@@ -556,12 +603,20 @@ mod tests {
                         }
                     }
                 });
+                if once {
+                    drop(l);
+                    let _ = serving.await;
+                    return;
+                }
             }
         });
         (addr, accepted)
     }
 
-    async fn call(pool: &PeerPool, addr: SocketAddr, method: Method) -> Result<u16, String> {
+    /// A failed call: its error, and whether the request came back to go elsewhere.
+    type Failed = (String, bool);
+
+    async fn call(pool: &PeerPool, addr: SocketAddr, method: Method) -> Result<u16, Failed> {
         let conn = pool.checkout(addr, false).await.unwrap();
         let mut req = Request::new(crate::body::empty());
         *req.method_mut() = method;
@@ -578,23 +633,40 @@ mod tests {
                 returned(pool, addr).await;
                 Ok(status)
             }
-            Err(e) => Err(e.into_error().to_string()),
+            Err(mut e) => {
+                let back = e.take_message().is_some();
+                Err((e.into_error().to_string(), back))
+            }
         }
     }
 
     #[tokio::test]
     async fn an_idempotent_request_is_sent_again_when_a_kept_alive_connection_fails() {
-        let (addr, accepted) = closing_server().await;
+        let (addr, accepted) = closing_server(false).await;
         let pool = PeerPool::default();
         assert_eq!(call(&pool, addr, Method::GET).await, Ok(200));
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // The kept-alive connection is closed under the request: sent again on a new one.
         assert_eq!(call(&pool, addr, Method::GET).await, Ok(200));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-        // A POST is not sent twice: the peer may have acted on it.
-        let err = call(&pool, addr, Method::POST).await.unwrap_err();
+        // A POST is not sent twice, nor handed back: the peer may have acted on it.
+        let (err, back) = call(&pool, addr, Method::POST).await.unwrap_err();
         assert!(err.contains("closed"), "{err}");
+        assert!(!back);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_request_comes_back_when_its_peer_closed_and_takes_no_new_connection() {
+        let (addr, accepted) = closing_server(true).await;
+        let pool = PeerPool::default();
+        assert_eq!(call(&pool, addr, Method::GET).await, Ok(200));
+        // The peer closes the kept-alive connection under the request and no longer listens:
+        // the request comes back, for the caller to send to another instance.
+        let (err, back) = call(&pool, addr, Method::GET).await.unwrap_err();
+        assert!(err.contains("closed"), "{err}");
+        assert!(back, "the GET should come back: {err}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -14,7 +17,7 @@ use http::{Request, Response};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
@@ -276,6 +279,7 @@ async fn launch<R: Resolve>(
             shutdown_rx.clone(),
             grace,
             first_request,
+            Duration::ZERO,
         ));
     }
     {
@@ -291,6 +295,7 @@ async fn launch<R: Resolve>(
             shutdown_rx.clone(),
             grace,
             first_request,
+            grace.min(PEER_LINGER),
         ));
     }
     if let Some(listener) = public {
@@ -306,6 +311,7 @@ async fn launch<R: Resolve>(
             shutdown_rx.clone(),
             grace,
             first_request,
+            Duration::ZERO,
         ));
     }
     if let (Some(listener), Some(m)) = (metrics_listener, &metrics) {
@@ -321,6 +327,7 @@ async fn launch<R: Resolve>(
             shutdown_rx.clone(),
             grace,
             first_request,
+            Duration::ZERO,
         ));
     }
 
@@ -517,8 +524,19 @@ fn http_builder(args: &SidecarArgs) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// How long an idle HTTP/1.1 connection from a peer sidecar stays open after shutdown begins
+/// (within the grace period): long enough for the peers' tables to drop this sidecar.
+const PEER_LINGER: Duration = Duration::from_secs(1);
+
 /// Accepts connections until shutdown, then waits (up to the grace period) for the open ones.
 /// A connection whose first request has not arrived within `first_request` is closed.
+///
+/// On shutdown the listener closes, a request in progress is answered, and HTTP/2 connections
+/// get a GOAWAY, which tells the client which requests were not taken so it can send them
+/// elsewhere. An idle HTTP/1.1 connection is kept for `linger` first: a peer that took it from
+/// its pool just then (its tables do not know yet that this sidecar is going) has its request
+/// answered, with `Connection: close`, rather than cut unanswered, which it could only retry
+/// when the request is idempotent.
 async fn serve<S, F>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
@@ -526,11 +544,15 @@ async fn serve<S, F>(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     first_request: Duration,
+    linger: Duration,
 ) where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender: all are done when `recv` sees none left.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let stopping = Arc::new(AtomicBool::new(false));
+    let stop = shutdown.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -550,30 +572,66 @@ async fn serve<S, F>(
                 // below. Either would otherwise hold a socket forever (slowloris).
                 let activity = Arc::new(conn::Activity::default());
                 let svc = {
-                    let (svc, activity) = (svc.clone(), activity.clone());
-                    move |req| {
+                    let (svc, activity, stopping) = (svc.clone(), activity.clone(), stopping.clone());
+                    move |req: Request<Incoming>| {
                         let request = activity.begin();
+                        let http1 = req.version() < http::Version::HTTP_2;
                         let response = svc(req);
+                        let stopping = stopping.clone();
                         async move {
-                            let response = response.await?;
+                            let mut response = response.await?;
+                            if http1 && stopping.load(Ordering::Relaxed) {
+                                response.headers_mut().insert(
+                                    http::header::CONNECTION,
+                                    http::HeaderValue::from_static("close"),
+                                );
+                            }
                             Ok::<_, Infallible>(response.map(|b| request.until_written(b)))
                         }
                     }
                 };
                 let io = conn::HeadDeadline::new(stream, activity.clone(), first_request);
                 // Not `serve_connection_with_upgrades`: the sidecar never upgrades a connection.
-                let conn = builder.serve_connection(TokioIo::new(io), service_fn(svc));
-                let conn = graceful.watch(conn.into_owned());
+                let conn = builder.serve_connection(TokioIo::new(io), service_fn(svc)).into_owned();
+                let (open, mut shutdown) = (open.clone(), stop.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     tokio::pin!(conn);
-                    let ended = tokio::select! {
-                        ended = &mut conn => ended,
-                        _ = tokio::time::sleep(first_request) => {
-                            if !activity.started() {
-                                tracing::debug!("closing a connection that sent no request in time");
-                                return;
+                    let guard = tokio::time::sleep(first_request);
+                    tokio::pin!(guard);
+                    let mut guarding = true;
+                    let ended = loop {
+                        tokio::select! {
+                            ended = conn.as_mut() => break Some(ended),
+                            _ = &mut guard, if guarding => {
+                                if !activity.started() {
+                                    tracing::debug!("closing a connection that sent no request in time");
+                                    return;
+                                }
+                                guarding = false;
                             }
-                            conn.await
+                            _ = stopped(&mut shutdown) => break None,
+                        }
+                    };
+                    let ended = match ended {
+                        Some(ended) => ended,
+                        None => {
+                            let lingering = !linger.is_zero() && activity.started() && !activity.http2();
+                            let ended = if lingering {
+                                tokio::select! {
+                                    ended = conn.as_mut() => Some(ended),
+                                    _ = tokio::time::sleep(linger) => None,
+                                }
+                            } else {
+                                None
+                            };
+                            match ended {
+                                Some(ended) => ended,
+                                None => {
+                                    conn.as_mut().graceful_shutdown();
+                                    conn.await
+                                }
+                            }
                         }
                     };
                     if let Err(e) = ended {
@@ -581,11 +639,13 @@ async fn serve<S, F>(
                     }
                 });
             }
-            _ = shutdown.changed() => break,
+            _ = stopped(&mut shutdown) => break,
         }
     }
+    stopping.store(true, Ordering::Relaxed);
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    drop(open);
+    if tokio::time::timeout(grace, all_closed.recv())
         .await
         .is_err()
     {
@@ -594,6 +654,11 @@ async fn serve<S, F>(
             "in-flight requests did not finish within the grace period"
         );
     }
+}
+
+/// Returns once shutdown has begun (or the sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 async fn wait_for_app(addr: &str, port: u16, health: &Health) {

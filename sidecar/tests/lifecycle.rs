@@ -2,7 +2,13 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_waits_for_the_app_port() {
@@ -109,6 +115,64 @@ async fn sigterm_exits_cleanly_and_deregisters() {
         !a.entry_path.exists(),
         "the registry entry outlived the sidecar"
     );
+}
+
+/// A peer that took a kept-alive connection from its pool just as this sidecar began to shut
+/// down (its tables do not know yet) has its request answered, and told to close, rather than
+/// cut unanswered: a POST could not be retried safely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_answers_a_request_on_a_kept_alive_peer_connection() {
+    let mesh = Mesh::new("linger");
+    let app = TestApp::start("b-app").await;
+    let mut b = mesh.sidecar("b").app_port(app.port).start().await;
+    let tcp = TcpStream::connect(b.internal).await.unwrap();
+    let (mut peer, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = |method: Method| {
+        Request::builder()
+            .method(method)
+            .uri("/orders")
+            .header("host", b.internal.to_string())
+            .header("ferry-callee", "b.default")
+            .body(full("order"))
+            .unwrap()
+    };
+    let first = peer.send_request(request(Method::POST)).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers().get("connection"), None);
+    first.into_body().collect().await.unwrap();
+
+    b.sigterm();
+    // New connections are refused at once (a peer tries another instance)...
+    let refused = step("the listener to close", async {
+        while TcpStream::connect(b.internal).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    refused.await;
+    // ...while the kept-alive one still carries a request, answered with `Connection: close`.
+    peer.ready().await.unwrap();
+    let last = step(
+        "the request on the kept-alive connection",
+        peer.send_request(request(Method::POST)),
+    )
+    .await
+    .expect("the request was cut unanswered");
+    assert_eq!(last.status(), 200);
+    assert_eq!(last.headers().get("connection").unwrap(), "close");
+    let body = last.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("order"));
+    assert_eq!(app.request_count(), 2);
+    step("the connection to close", async {
+        while !peer.is_closed() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let status = b.exited().await;
+    assert_eq!(status.code(), Some(0), "{}", b.log_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,11 +271,21 @@ impl Sidecar {
 
     /// SIGTERM and wait for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.exited().await
+    }
+
+    /// SIGTERM, without waiting.
+    pub fn sigterm(&self) {
         let ok = Command::new("kill")
             .args(["-TERM", &self.pid.to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
+    }
+
+    /// Waits for the exit status.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
         let deadline = Instant::now() + STEP;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
