@@ -564,27 +564,34 @@ async fn a_service_the_operator_does_not_own_is_left_alone_and_the_clash_reporte
         assert!(ev.note.unwrap_or_default().contains("clash-dapr"));
 
         let rts: Api<RoutingTable> = Api::namespaced(client.clone(), &ns);
+        // The two pods may be seen in separate reconciles: wait for the state that follows
+        // both, the clash reported and the other app listed.
+        let listed = |r: &RoutingTable| -> Vec<String> {
+            r.spec.apps.iter().map(|a| a.id.clone()).collect()
+        };
         let rt = wait_for(
             &rts,
             TABLE,
-            "the clash in the RoutingTable's status",
+            "the clash in the RoutingTable's status, and the other app listed",
             WAIT,
             |r| {
-                r.and_then(|r| r.status.as_ref()).is_some_and(|s| {
-                    s.conditions.iter().any(|c| {
-                        c.type_ == "AppServices"
-                            && c.status == "False"
-                            && c.reason == "ServiceConflict"
-                            && c.message.contains("clash-dapr (app clash)")
-                    })
+                r.is_some_and(|r| {
+                    listed(r).contains(&"fine".to_owned())
+                        && r.status.as_ref().is_some_and(|s| {
+                            s.conditions.iter().any(|c| {
+                                c.type_ == "AppServices"
+                                    && c.status == "False"
+                                    && c.reason == "ServiceConflict"
+                                    && c.message.contains("clash-dapr (app clash)")
+                            })
+                        })
                 })
             },
         )
         .await
         .unwrap();
-        let listed: Vec<&str> = rt.spec.apps.iter().map(|a| a.id.as_str()).collect();
         assert_eq!(
-            listed,
+            listed(&rt),
             ["fine"],
             "an app without its own Service is not listed"
         );
