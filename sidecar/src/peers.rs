@@ -295,8 +295,9 @@ impl PeerConn {
     /// the peer's address. An error that hands the request back means nothing of it was
     /// written. On a reused connection that fails before an answer, `replay` is sent once
     /// over a new connection, or handed back in the error when the peer takes no new
-    /// connection (it is shutting down), so that it can go to another instance. An HTTP/1.1 connection returns to the pool once the response
-    /// body has been read to its end; a response dropped halfway closes it.
+    /// connection (it is shutting down), so that it can go to another instance. An HTTP/1.1
+    /// connection returns to the pool once the response body has been read to its end; a
+    /// response dropped halfway closes it.
     pub async fn send(
         self,
         mut req: Request<Body>,
