@@ -465,9 +465,14 @@ mod tests {
 
     use super::*;
 
-    /// An HTTP/1.1 and HTTP/2 server that answers with the request's version and host.
-    /// HTTP/1.1 and HTTP/2: answers with the request's version, host and path.
-    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A listener on loopback that counts its connections and serves each with `serve` in a
+    /// task of its own; with `once`, it stops listening after the first connection, as a
+    /// sidecar shutting down does.
+    async fn listen<F, Fut>(once: bool, serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -476,22 +481,33 @@ mod tests {
             loop {
                 let (s, _) = l.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let svc = service_fn(|req: Request<Incoming>| async move {
-                        let host = match req.headers().get(HOST) {
-                            Some(h) => h.to_str().unwrap().to_owned(),
-                            None => req.uri().authority().unwrap().to_string(),
-                        };
-                        let text = format!("{:?} {host} {}", req.version(), req.uri().path());
-                        Ok::<_, std::convert::Infallible>(Response::new(crate::body::full(text)))
-                    });
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await
-                });
+                let serving = tokio::spawn(serve(s));
+                if once {
+                    drop(l);
+                    let _ = serving.await;
+                    return;
+                }
             }
         });
         (addr, accepted)
+    }
+
+    /// HTTP/1.1 and HTTP/2: answers with the request's version, host and path.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        listen(false, |s| async move {
+            let svc = service_fn(|req: Request<Incoming>| async move {
+                let host = match req.headers().get(HOST) {
+                    Some(h) => h.to_str().unwrap().to_owned(),
+                    None => req.uri().authority().unwrap().to_string(),
+                };
+                let text = format!("{:?} {host} {}", req.version(), req.uri().path());
+                Ok::<_, std::convert::Infallible>(Response::new(crate::body::full(text)))
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        })
+        .await
     }
 
     /// Lets the task that returns a connection run until the pool holds one for `addr`.
@@ -577,41 +593,26 @@ mod tests {
     /// connection, as a sidecar shutting down does.
     async fn closing_server(once: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                counter.fetch_add(1, Ordering::SeqCst);
-                let serving = tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    for answered in [true, false] {
-                        let mut chunk = [0u8; 4096];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let n = s.read(&mut chunk).await.unwrap();
-                            if n == 0 {
-                                return;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
-                        buf.clear();
-                        if answered {
-                            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await
-                                .unwrap();
-                        }
+        listen(once, |mut s| async move {
+            let mut buf = Vec::new();
+            for answered in [true, false] {
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return;
                     }
-                });
-                if once {
-                    drop(l);
-                    let _ = serving.await;
-                    return;
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.clear();
+                if answered {
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
                 }
             }
-        });
-        (addr, accepted)
+        })
+        .await
     }
 
     /// A failed call: its error, and whether the request came back to go elsewhere.

@@ -618,10 +618,7 @@ async fn serve<S, F>(
                         None => {
                             let lingering = !linger.is_zero() && activity.started() && !activity.http2();
                             let ended = if lingering {
-                                tokio::select! {
-                                    ended = conn.as_mut() => Some(ended),
-                                    _ = tokio::time::sleep(linger) => None,
-                                }
+                                tokio::time::timeout(linger, conn.as_mut()).await.ok()
                             } else {
                                 None
                             };
