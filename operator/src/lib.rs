@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod apps;
 pub mod args;
+pub mod context;
 pub mod endpoints;
 pub mod lease;
 pub mod metrics;

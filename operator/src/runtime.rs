@@ -8,22 +8,13 @@
 //! the controllers that read its cache; the sidecar ClusterRoleBinding, which has no namespace,
 //! is woken instead.
 
-use std::{
-    collections::HashMap,
-    fmt::Debug,
-    hash::Hash,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use ferry_api::{http_endpoint::HttpEndpoint, routing_table::RoutingTable};
 use futures_util::{Stream, StreamExt, future};
-use k8s_openapi::{
-    api::{
-        core::v1::{Namespace, Pod, PodSpec, PodStatus, Service},
-        rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
-    },
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, PodSpec, PodStatus, Service},
+    rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -31,7 +22,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::{self, Action},
         events::{Recorder, Reporter as EventReporter},
-        reflector::{self, ObjectRef, Store},
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -43,15 +34,12 @@ use crate::{
     REPORTER,
     admin::Health,
     apps::LABEL_APP_ID,
+    context::{Context, Stores},
     endpoints,
     metrics::{ControllerName, Metrics},
     reports::Reporter,
-    routing::{self, TABLE_NAME},
-    services, sidecar_rbac,
+    routing, services, sidecar_rbac,
 };
-
-/// How often every object is reconciled even without a change (a safety net for missed events).
-pub const RESYNC: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -59,103 +47,6 @@ pub struct Settings {
     /// The `reportingInstance` of Events (this replica's identity).
     pub instance: String,
     pub sidecar_names: sidecar_rbac::Names,
-}
-
-/// The caches every reconcile reads.
-#[derive(Clone)]
-pub struct Stores {
-    /// Pods labelled `dapr.io/app-id`: metadata, phase and ServiceAccount only.
-    pub pods: Store<Pod>,
-    pub services: Store<Service>,
-    pub endpoints: Store<HttpEndpoint>,
-    pub tables: Store<RoutingTable>,
-    /// The sidecar Secrets Roles and RoleBindings (only those of the configured name) and the
-    /// sidecar ClusterRoleBinding.
-    pub sidecar_roles: Store<Role>,
-    pub sidecar_role_bindings: Store<RoleBinding>,
-    pub sidecar_binding: Store<ClusterRoleBinding>,
-}
-
-impl Stores {
-    fn in_ns<K>(store: &Store<K>, namespace: &str) -> Vec<Arc<K>>
-    where
-        K: Resource + Clone + 'static,
-        K::DynamicType: Eq + Hash + Clone,
-    {
-        store.state_filter(|o| o.meta().namespace.as_deref() == Some(namespace))
-    }
-
-    pub fn pods_in(&self, namespace: &str) -> Vec<Arc<Pod>> {
-        Self::in_ns(&self.pods, namespace)
-    }
-
-    pub fn services_in(&self, namespace: &str) -> Vec<Arc<Service>> {
-        Self::in_ns(&self.services, namespace)
-    }
-
-    pub fn endpoints_in(&self, namespace: &str) -> Vec<Arc<HttpEndpoint>> {
-        Self::in_ns(&self.endpoints, namespace)
-    }
-
-    pub fn table(&self, namespace: &str) -> Option<Arc<RoutingTable>> {
-        self.tables
-            .get(&ObjectRef::new(TABLE_NAME).within(namespace))
-    }
-}
-
-/// Everything a reconcile needs.
-pub struct Context {
-    pub client: Client,
-    pub stores: Stores,
-    pub metrics: Arc<Metrics>,
-    pub settings: Settings,
-    pub backoff: Backoff,
-    pub services: services::State,
-    pub services_reporter: Reporter,
-    pub endpoints_reporter: Reporter,
-}
-
-/// Per-object exponential backoff for `error_policy`: 1 s, 2 s, 4 s ... up to 5 minutes, reset
-/// by a successful reconcile.
-#[derive(Default)]
-pub struct Backoff {
-    failures: Mutex<HashMap<(ControllerName, String), u32>>,
-}
-
-impl Backoff {
-    const BASE: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(300);
-
-    pub fn next(&self, controller: ControllerName, key: &str) -> Duration {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry((controller, key.to_owned())).or_insert(0);
-        let delay = Self::BASE
-            .saturating_mul(2u32.saturating_pow((*n).min(16)))
-            .min(Self::MAX);
-        *n = n.saturating_add(1);
-        delay
-    }
-
-    pub fn reset(&self, controller: ControllerName, key: &str) {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if !f.is_empty() {
-            f.remove(&(controller, key.to_owned()));
-        }
-    }
-}
-
-/// A controller owner reference to `owner` (no `blockOwnerDeletion`: that would need the
-/// `finalizers` permission on the owner, and nothing waits on it).
-pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
-    let meta = owner.meta();
-    Some(OwnerReference {
-        api_version: K::api_version(&()).into_owned(),
-        kind: K::kind(&()).into_owned(),
-        name: meta.name.clone()?,
-        uid: meta.uid.clone()?,
-        controller: Some(true),
-        block_owner_deletion: None,
-    })
 }
 
 /// One namespace-keyed controller's inputs: a namespace to reconcile, or all of them.
@@ -398,16 +289,34 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings
             c,
         )
     };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        stores: stores.clone(),
-        metrics: metrics.clone(),
-        settings: settings.clone(),
-        backoff: Backoff::default(),
-        services: services::State::default(),
-        services_reporter: recorder(ControllerName::AppService),
-        endpoints_reporter: recorder(ControllerName::HttpEndpoint),
-    });
+    let svc_ctx = Arc::new(Context::new(
+        client.clone(),
+        stores.clone(),
+        metrics.clone(),
+        services::State::new(settings.service_grace, recorder(ControllerName::AppService)),
+    ));
+    let rt_ctx = Arc::new(Context::new(
+        client.clone(),
+        stores.clone(),
+        metrics.clone(),
+        (),
+    ));
+    let rbac_ctx = Arc::new(Context::new(
+        client.clone(),
+        stores.clone(),
+        metrics.clone(),
+        sidecar_rbac::State {
+            names: settings.sidecar_names.clone(),
+        },
+    ));
+    let ep_ctx = Arc::new(Context::new(
+        client.clone(),
+        stores.clone(),
+        metrics.clone(),
+        endpoints::State {
+            reporter: recorder(ControllerName::HttpEndpoint),
+        },
+    ));
 
     let controllers = async move {
         // Reconciling before the caches are complete could delete Services whose pods are
@@ -463,21 +372,21 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings
             health.set_caches_synced(true);
         };
         let svc_run = svc_ctrl
-            .run(services::reconcile, services::error_policy, ctx.clone())
+            .run(services::reconcile, services::error_policy, svc_ctx)
             .for_each(log_result);
         let rt_run = rt_ctrl
-            .run(routing::reconcile, routing::error_policy, ctx.clone())
+            .run(routing::reconcile, routing::error_policy, rt_ctx)
             .for_each(log_result);
         let rbac_run = rbac_ctrl
             .run(
                 sidecar_rbac::reconcile,
                 sidecar_rbac::error_policy,
-                ctx.clone(),
+                rbac_ctx.clone(),
             )
             .for_each(log_result);
-        let binding_run = sidecar_rbac::run_cluster_binding(ctx.clone(), wake_binding);
+        let binding_run = sidecar_rbac::run_cluster_binding(rbac_ctx, wake_binding);
         let ep_run = ep_ctrl
-            .run(endpoints::reconcile, endpoints::error_policy, ctx)
+            .run(endpoints::reconcile, endpoints::error_policy, ep_ctx)
             .for_each(log_result);
         future::join3(
             synced,
@@ -510,18 +419,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_a_cap_and_resets() {
-        let b = Backoff::default();
-        let c = ControllerName::AppService;
-        let delays: Vec<u64> = (0..12).map(|_| b.next(c, "ns").as_secs()).collect();
-        assert_eq!(&delays[..4], &[1, 2, 4, 8]);
-        assert_eq!(delays[11], 300);
-        b.reset(c, "ns");
-        assert_eq!(b.next(c, "ns").as_secs(), 1);
-        assert_eq!(b.next(c, "other").as_secs(), 1);
-    }
 
     #[test]
     fn pods_are_cached_with_their_service_account_only() {

@@ -23,9 +23,9 @@ use tracing::{Span, field, info, instrument};
 
 use crate::{
     FIELD_MANAGER,
+    context::{Context, RESYNC},
     metrics::ControllerName,
-    reports::{Report, clip_note},
-    runtime::{Context, RESYNC},
+    reports::{Report, Reporter, clip_note},
 };
 
 pub use validate::{Reason, Verdict, validate};
@@ -52,6 +52,11 @@ impl Error {
             Self::Status { .. } => "status",
         }
     }
+}
+
+/// What this controller alone keeps: the reporter of its Events.
+pub struct State {
+    pub reporter: Reporter,
 }
 
 /// The `Ready` condition for `verdict` at `generation`, keeping the transition time of
@@ -101,7 +106,7 @@ pub fn status_current(
 }
 
 #[instrument(skip_all, fields(namespace = field::Empty, name = field::Empty))]
-pub async fn reconcile(ep: Arc<HttpEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(ep: Arc<HttpEndpoint>, ctx: Arc<Context<State>>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let name = ep.name_any();
     let namespace = ep.namespace().ok_or(Error::NoNamespace)?;
@@ -156,14 +161,14 @@ pub async fn reconcile(ep: Arc<HttpEndpoint>, ctx: Arc<Context>) -> Result<Actio
             reason: verdict.reason.as_str(),
             note: clip_note(verdict.message.clone()),
         };
-        ctx.endpoints_reporter.publish(report, &ctx.metrics).await;
+        ctx.state.reporter.publish(report, &ctx.metrics).await;
     }
     ctx.backoff
         .reset(CONTROLLER, &format!("{namespace}/{name}"));
     Ok(Action::requeue(RESYNC))
 }
 
-pub fn error_policy(ep: Arc<HttpEndpoint>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(ep: Arc<HttpEndpoint>, error: &Error, ctx: Arc<Context<State>>) -> Action {
     ctx.metrics.error(CONTROLLER, error.metric_label());
     let key = format!("{}/{}", ep.namespace().unwrap_or_default(), ep.name_any());
     let delay = ctx.backoff.next(CONTROLLER, &key);

@@ -28,8 +28,8 @@ use tracing::{Span, debug, field, info, instrument};
 
 use crate::{
     FIELD_MANAGER, apps,
+    context::{Context, RESYNC, Stores},
     metrics::ControllerName,
-    runtime::{Context, RESYNC, Stores},
     services::desired::LABEL_MANAGED_BY,
 };
 

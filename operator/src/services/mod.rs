@@ -33,9 +33,9 @@ use tracing::{Span, debug, field, info, instrument};
 
 use crate::{
     FIELD_MANAGER, apps,
+    context::{Context, RESYNC, owner_reference},
     metrics::ControllerName,
-    reports::Report,
-    runtime::{Context, RESYNC, owner_reference},
+    reports::{Report, Reporter},
 };
 
 const CONTROLLER: ControllerName = ControllerName::AppService;
@@ -67,12 +67,24 @@ impl Error {
     }
 }
 
-/// What the controller remembers between reconciles: when each Service of ours lost its last
-/// pod, by namespace and Service name. Kept in memory: after a restart or a change of leader the
-/// grace period starts again, which errs on the side of keeping a Service.
-#[derive(Default)]
+/// What this controller alone keeps: how long a Service outlives its app's last pod, the
+/// reporter of its Events, and what it remembers between reconciles: when each Service of ours
+/// lost its last pod, by namespace and Service name. Kept in memory: after a restart or a change
+/// of leader the grace period starts again, which errs on the side of keeping a Service.
 pub struct State {
+    grace: Duration,
+    reporter: Reporter,
     orphaned_since: Mutex<HashMap<String, HashMap<String, Instant>>>,
+}
+
+impl State {
+    pub fn new(grace: Duration, reporter: Reporter) -> Self {
+        Self {
+            grace,
+            reporter,
+            orphaned_since: Mutex::default(),
+        }
+    }
 }
 
 /// What one reconcile of a namespace does.
@@ -181,7 +193,7 @@ pub fn plan(
 }
 
 #[instrument(skip_all, fields(namespace = field::Empty))]
-pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context<State>>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
     let namespace = ns.name_any();
     Span::current().record("namespace", namespace.as_str());
@@ -195,7 +207,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
         .and_then(|rt| owner_reference(&*rt));
     let plan = {
         let mut timers = ctx
-            .services
+            .state
             .orphaned_since
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -206,7 +218,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
             &ctx.stores.services_in(&namespace),
             owner.as_ref(),
             ns_timers,
-            ctx.settings.service_grace,
+            ctx.state.grace,
             Instant::now(),
         );
         if ns_timers.is_empty() {
@@ -257,7 +269,8 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
             }
         }
     }
-    ctx.services_reporter
+    ctx.state
+        .reporter
         .sync(&namespace, plan.reports, &ctx.metrics)
         .await;
 
@@ -270,7 +283,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     }
 }
 
-pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context<State>>) -> Action {
     ctx.metrics.error(CONTROLLER, error.metric_label());
     let delay = ctx.backoff.next(CONTROLLER, &ns.name_any());
     tracing::warn!(namespace = %ns.name_any(), %error, retry_in = ?delay, "app Services");

@@ -34,8 +34,8 @@ use tracing::{Span, debug, field, info, instrument, warn};
 
 use crate::{
     FIELD_MANAGER,
+    context::{Context, RESYNC, Stores, owner_reference},
     metrics::ControllerName,
-    runtime::{Context, RESYNC, Stores, owner_reference},
 };
 
 pub use desired::{Names, NamespaceGrant, Step};
@@ -69,6 +69,11 @@ impl Error {
             Self::Delete { .. } => "delete",
         }
     }
+}
+
+/// What this controller alone needs: the names of what it writes.
+pub struct State {
+    pub names: Names,
 }
 
 fn full_name<K: Resource>(obj: &K) -> String {
@@ -189,9 +194,9 @@ pub fn grant_for(stores: &Stores, namespace: &str, names: &Names) -> Option<Name
 
 /// The cluster-wide binding, once: applied when it differs from the cache, deleted when no
 /// ServiceAccount runs a sidecar.
-pub async fn reconcile_cluster_binding(ctx: &Context) -> Result<(), Error> {
+pub async fn reconcile_cluster_binding(ctx: &Context<State>) -> Result<(), Error> {
     let _timer = ctx.metrics.reconcile(CLUSTER);
-    let names = &ctx.settings.sidecar_names;
+    let names = &ctx.state.names;
     let accounts = accounts(&ctx.stores);
     let want = desired::cluster_role_binding(names, &accounts);
     let live = ctx
@@ -213,8 +218,8 @@ pub async fn reconcile_cluster_binding(ctx: &Context) -> Result<(), Error> {
 
 /// Runs the cluster binding's reconciles until dropped: on every wake-up, every [`RESYNC`], and
 /// with backoff after a failure (wake-ups meanwhile are folded into one).
-pub async fn run_cluster_binding(ctx: Arc<Context>, wake: Arc<Notify>) {
-    let key = ctx.settings.sidecar_names.binding.clone();
+pub async fn run_cluster_binding(ctx: Arc<Context<State>>, wake: Arc<Notify>) {
+    let key = ctx.state.names.binding.clone();
     loop {
         match reconcile_cluster_binding(&ctx).await {
             Ok(()) => {
@@ -236,14 +241,14 @@ pub async fn run_cluster_binding(ctx: Arc<Context>, wake: Arc<Notify>) {
 
 /// The Role and RoleBinding of one namespace.
 #[instrument(skip_all, fields(namespace = field::Empty))]
-pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context<State>>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(SECRETS);
     let namespace = ns.name_any();
     Span::current().record("namespace", namespace.as_str());
     if ns.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let names = &ctx.settings.sidecar_names;
+    let names = &ctx.state.names;
     let want = grant_for(&ctx.stores, &namespace, names);
     let role = ctx
         .stores
@@ -289,7 +294,7 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     Ok(Action::requeue(RESYNC))
 }
 
-pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context<State>>) -> Action {
     ctx.metrics.error(SECRETS, error.metric_label());
     let delay = ctx.backoff.next(SECRETS, &ns.name_any());
     warn!(namespace = %ns.name_any(), %error, retry_in = ?delay, "sidecar Secrets Role");
