@@ -10,14 +10,21 @@ use std::{
     },
 };
 
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use ferry_api::AppId;
 use http::{HeaderValue, Method as Verb, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http_body::Body as HttpBody;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use tower::Service;
 
 use crate::{
-    body::{self, Body},
+    apphealth::AppHealth,
+    body::{self, Body, BoxError},
+    config::Settings,
+    endpoints::Endpoints,
     metrics::{self, Metrics},
-    proxy::{Resolve, Sidecar},
+    outbound::{Outbound, peers::Connect, resolve::Resolve},
 };
 
 /// What `/v1.0/healthz` reports.
@@ -43,43 +50,67 @@ impl std::fmt::Debug for OutboundCheck {
     }
 }
 
-/// Routes one request on the HTTP API port.
-pub async fn serve_api<R: Resolve>(
-    sc: Arc<Sidecar<R>>,
-    health: Arc<Health>,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    let route = routing_path(req.uri().path());
-    match (req.method(), route.as_str()) {
-        (&Verb::GET, "/v1.0/healthz") => healthz(&sc, &health, req.uri().query()),
-        (&Verb::GET, "/v1.0/healthz/outbound") => outbound(&health),
-        (&Verb::GET, "/v1.0/metadata") => metadata(&sc, &health),
-        (&Verb::PUT, key)
-            if key.starts_with("/v1.0/metadata/") && key.len() > "/v1.0/metadata/".len() =>
-        {
-            let key = key["/v1.0/metadata/".len()..].to_owned();
-            set_metadata(&health, key, req).await
-        }
-        _ => sc.invoke(req).await,
-    }
+/// What the HTTP API and the public port serve: health and metadata here, invocation through
+/// the caller's stack.
+pub struct Api<R, C> {
+    pub outbound: Outbound<R, C>,
+    pub settings: Arc<Settings>,
+    pub health: Arc<Health>,
+    pub endpoints: Arc<ArcSwap<Endpoints>>,
+    pub app_health: Option<Arc<AppHealth>>,
 }
 
-/// Routes one request on the public port: health and metadata only.
-pub async fn serve_public<R: Resolve>(
-    sc: Arc<Sidecar<R>>,
-    health: Arc<Health>,
-    req: Request<Incoming>,
-) -> Response<Body> {
-    let route = routing_path(req.uri().path());
-    match (req.method(), route.as_str()) {
-        (&Verb::GET, "/v1.0/healthz") => healthz(&sc, &health, req.uri().query()),
-        (&Verb::GET, "/v1.0/healthz/outbound") => outbound(&health),
-        (&Verb::GET, "/v1.0/metadata") => metadata(&sc, &health),
-        _ => json_error(
-            StatusCode::NOT_FOUND,
-            "ERR_NOT_FOUND",
-            "only /v1.0/healthz, /v1.0/healthz/outbound and /v1.0/metadata are served on this port",
-        ),
+impl<R: Resolve, C: Connect> Api<R, C> {
+    /// Routes one request on the HTTP API port.
+    pub async fn serve<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let route = routing_path(req.uri().path());
+        match (req.method(), route.as_str()) {
+            (&Verb::GET, "/v1.0/healthz") => self.healthz(req.uri().query()),
+            (&Verb::GET, "/v1.0/healthz/outbound") => outbound(&self.health),
+            (&Verb::GET, "/v1.0/metadata") => self.metadata(),
+            (&Verb::PUT, key)
+                if key.starts_with("/v1.0/metadata/") && key.len() > "/v1.0/metadata/".len() =>
+            {
+                let key = key["/v1.0/metadata/".len()..].to_owned();
+                set_metadata(&self.health, key, req).await
+            }
+            _ => match self.outbound.clone().call(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            },
+        }
+    }
+
+    /// Routes one request on the public port: health and metadata only.
+    pub fn serve_public<B>(&self, req: &Request<B>) -> Response<Body> {
+        let route = routing_path(req.uri().path());
+        match (req.method(), route.as_str()) {
+            (&Verb::GET, "/v1.0/healthz") => self.healthz(req.uri().query()),
+            (&Verb::GET, "/v1.0/healthz/outbound") => outbound(&self.health),
+            (&Verb::GET, "/v1.0/metadata") => self.metadata(),
+            _ => json_error(
+                StatusCode::NOT_FOUND,
+                "ERR_NOT_FOUND",
+                "only /v1.0/healthz, /v1.0/healthz/outbound and /v1.0/metadata are served on this port",
+            ),
+        }
+    }
+
+    fn healthz(&self, query: Option<&str>) -> Response<Body> {
+        healthz(&self.settings.app_id, &self.health, query)
+    }
+
+    fn metadata(&self) -> Response<Body> {
+        metadata(
+            &self.settings,
+            &self.endpoints.load(),
+            self.app_health.as_deref(),
+            &self.health,
+        )
     }
 }
 
@@ -124,7 +155,7 @@ fn routing_path(path: &str) -> String {
     out
 }
 
-fn healthz<R: Resolve>(sc: &Sidecar<R>, health: &Health, query: Option<&str>) -> Response<Body> {
+fn healthz(app_id: &AppId, health: &Health, query: Option<&str>) -> Response<Body> {
     // Readiness first, then the app ID, as Dapr answers.
     let mut waiting = Vec::new();
     if !health.app_ready.load(Ordering::Acquire) {
@@ -145,7 +176,7 @@ fn healthz<R: Resolve>(sc: &Sidecar<R>, health: &Health, query: Option<&str>) ->
             .filter_map(|kv| kv.split_once('='))
             .find(|(k, _)| *k == "appid")
             .map(|(_, v)| v.to_owned())
-    }) && want != sc.app_id.as_str()
+    }) && want != app_id.as_str()
     {
         return json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -180,10 +211,13 @@ fn outbound(health: &Health) -> Response<Body> {
     }
 }
 
-fn metadata<R: Resolve>(sc: &Sidecar<R>, health: &Health) -> Response<Body> {
-    let endpoints: Vec<serde_json::Value> = sc
-        .endpoints
-        .load()
+fn metadata(
+    settings: &Settings,
+    endpoints: &Endpoints,
+    app_health: Option<&AppHealth>,
+    health: &Health,
+) -> Response<Body> {
+    let endpoints: Vec<serde_json::Value> = endpoints
         .names()
         .into_iter()
         .map(|n| serde_json::json!({ "name": n }))
@@ -194,7 +228,7 @@ fn metadata<R: Resolve>(sc: &Sidecar<R>, health: &Health) -> Response<Body> {
         "daprRuntimeVersion".into(),
         env!("CARGO_PKG_VERSION").into(),
     );
-    extended.insert("namespace".into(), sc.namespace.as_str().into());
+    extended.insert("namespace".into(), settings.namespace.as_str().into());
     for (k, v) in health
         .extended
         .lock()
@@ -204,7 +238,7 @@ fn metadata<R: Resolve>(sc: &Sidecar<R>, health: &Health) -> Response<Body> {
         extended.insert(k.clone(), v.clone().into());
     }
     let mut doc = serde_json::json!({
-        "id": sc.app_id.as_str(),
+        "id": settings.app_id.as_str(),
         "runtimeVersion": env!("CARGO_PKG_VERSION"),
         "enabledFeatures": [],
         "actors": [],
@@ -213,16 +247,16 @@ fn metadata<R: Resolve>(sc: &Sidecar<R>, health: &Health) -> Response<Body> {
         "subscriptions": [],
         "extended": extended,
     });
-    if let Some(app) = &sc.app {
+    if let Some(app) = &settings.app {
         let mut props = serde_json::json!({
             "port": app.port,
             "protocol": app.protocol.as_str(),
             "channelAddress": app.address,
         });
-        if let Some(n) = sc.max_concurrency {
+        if let Some(n) = settings.max_concurrency {
             props["maxConcurrency"] = n.into();
         }
-        if let Some(h) = &sc.app_health {
+        if let Some(h) = app_health {
             let s = &h.settings;
             // Go duration strings, as Dapr writes them.
             props["health"] = serde_json::json!({
@@ -240,7 +274,11 @@ fn metadata<R: Resolve>(sc: &Sidecar<R>, health: &Health) -> Response<Body> {
     resp
 }
 
-async fn set_metadata(health: &Health, key: String, req: Request<Incoming>) -> Response<Body> {
+async fn set_metadata<B>(health: &Health, key: String, req: Request<B>) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let value = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await

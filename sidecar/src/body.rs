@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode, header::CONTENT_LENGTH};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
-use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -140,7 +139,11 @@ pub struct Outgoing {
 /// is read whole first (it is normally in the same packets as the head): the upstream then
 /// gets head and body in one write, instead of the head alone and the body after a second
 /// wake-up of the connection. Larger and unknown-length bodies stream.
-pub async fn outgoing(body: Limited<Incoming>) -> Result<Outgoing, BoxError> {
+pub async fn outgoing<B>(body: Limited<B>) -> Result<Outgoing, BoxError>
+where
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let tripped = body.tripped();
     let declared = body.size_hint().exact();
     let (body, whole) = match declared {
@@ -162,7 +165,7 @@ pub async fn outgoing(body: Limited<Incoming>) -> Result<Outgoing, BoxError> {
 /// An upstream HTTP/1 response body that ends cleanly when the upstream closes before the length
 /// it declared: the truncated body counts as complete (Dapr does the same), and the stale length
 /// never reaches the caller because it was never forwarded.
-struct Lenient(Incoming);
+struct Lenient(Body);
 
 impl HttpBody for Lenient {
     type Data = Bytes;
@@ -173,8 +176,14 @@ impl HttpBody for Lenient {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.0).poll_frame(cx) {
-            Poll::Ready(Some(Err(e))) if ended_early(&e) => Poll::Ready(None),
-            other => other.map_err(Into::into),
+            Poll::Ready(Some(Err(e))) => {
+                if ended_early(&*e) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(e)))
+                }
+            }
+            other => other,
         }
     }
 
@@ -187,11 +196,13 @@ impl HttpBody for Lenient {
 
 /// Whether the upstream closed its connection cleanly before sending the length it declared
 /// (as opposed to a reset, which stays an error).
-fn ended_early(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() {
+fn ended_early(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_incomplete_message)
+    {
         return true;
     }
-    let mut cur = std::error::Error::source(e);
+    let mut cur = Some(e);
     while let Some(c) = cur {
         if c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
@@ -209,7 +220,7 @@ const SMALL_BODY: u64 = 64 * 1024;
 
 /// Turns an upstream HTTP/1 response (from an app or an external server) into one for our
 /// caller: the declared `Content-Length` is never passed on as such.
-pub async fn frame_upstream(resp: Response<Incoming>, head_request: bool) -> Response<Body> {
+pub async fn frame_upstream(resp: Response<Body>, head_request: bool) -> Response<Body> {
     let (mut parts, incoming) = resp.into_parts();
     if head_request || is_bodiless(parts.status) {
         // No body follows; a Content-Length here describes the resource and passes as it is.

@@ -1,7 +1,7 @@
 //! The sidecar's flags, named as `daprd` names them, and their validated form ([`Settings`]).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -251,21 +251,80 @@ pub struct SidecarArgs {
     pub app_health_threshold: u32,
 }
 
-/// The flags once checked against each other, with the mode's defaults applied.
+/// The flags once checked against each other, with the mode's defaults applied: everything the
+/// sidecar reads after start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    pub app_id: AppId,
+    pub namespace: Namespace,
+    pub mode: Mode,
+    /// How the app is reached; `None` without `--app-port` (the app can call, not be called).
+    pub app: Option<AppSettings>,
+    /// Where the HTTP API listens.
+    pub http: HttpListen,
+    /// The gRPC API port given to the app as `DAPR_GRPC_PORT` (reserved: not served yet).
+    pub grpc_port: u16,
     /// Where the sidecar-to-sidecar port listens (port 0: a free one).
     pub internal: SocketAddr,
+    /// Where the public health port listens, when it does.
+    pub public: Option<SocketAddr>,
     pub host_ip: IpAddr,
     /// The largest request body, in bytes.
     pub max_body: u64,
+    /// The largest request head, in bytes.
+    pub max_head: usize,
+    /// How long a connection may take to send a request's head.
+    pub head_timeout: Duration,
+    /// How long in-flight requests may finish on shutdown.
+    pub grace: Duration,
     /// `None`: no limit.
     pub max_concurrency: Option<u32>,
     pub app_health: Option<AppHealthSettings>,
     /// Where `/metrics` is served, when it is.
     pub metrics: Option<SocketAddr>,
+    /// Calls to full URLs (`None`: turned off).
+    pub fqdn: Option<FqdnSettings>,
+    /// Directories of resource files (HTTPEndpoint).
+    pub resources_path: Vec<PathBuf>,
+    /// Standalone mode's registry directory.
+    pub registry_dir: PathBuf,
+    pub kube: KubeSettings,
+    /// Configuration resources named with `--config` (not applied yet).
+    pub config: Vec<String>,
     /// Things to tell the operator once logging is up (deprecated and unsupported flags).
     pub warnings: Vec<String>,
+}
+
+/// How the sidecar reaches its app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSettings {
+    pub protocol: AppProtocol,
+    pub address: String,
+    pub port: u16,
+}
+
+/// Where the HTTP API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpListen {
+    pub addrs: Vec<IpAddr>,
+    /// The addresses were given (`--dapr-listen-addresses`), rather than the loopback default.
+    pub explicit: bool,
+    /// 0: a free port, the same on every address.
+    pub port: u16,
+}
+
+/// Calls to full `http(s)://` URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FqdnSettings {
+    /// Link-local and cloud metadata addresses may be called.
+    pub allow_link_local: bool,
+}
+
+/// Kubernetes mode's timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubeSettings {
+    pub sync_timeout: Duration,
+    pub secret_refresh: Duration,
 }
 
 /// How the app is probed (spec §2.5).
@@ -385,10 +444,35 @@ impl SidecarArgs {
             None
         };
 
+        let explicit = !self.dapr_listen_addresses.is_empty();
         Ok(Settings {
+            app_id: self.app_id.clone(),
+            namespace: self.namespace.clone(),
+            mode: self.mode,
+            app: self.app_port.map(|port| AppSettings {
+                protocol: self.effective_app_protocol(),
+                address: self.app_channel_address.clone(),
+                port,
+            }),
+            http: HttpListen {
+                addrs: if explicit {
+                    self.dapr_listen_addresses.clone()
+                } else {
+                    vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
+                },
+                explicit,
+                port: self.dapr_http_port,
+            },
+            grpc_port: self.dapr_grpc_port,
             internal: SocketAddr::new(internal_ip, internal_port),
+            public: self
+                .dapr_public_port
+                .map(|p| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), p)),
             host_ip,
             max_body,
+            max_head: (self.read_buffer_size as usize).max(8192),
+            head_timeout: Duration::from_secs(self.read_header_timeout_seconds),
+            grace: self.graceful_shutdown(),
             max_concurrency: u32::try_from(self.app_max_concurrency)
                 .ok()
                 .filter(|n| *n > 0),
@@ -396,6 +480,16 @@ impl SidecarArgs {
             metrics: self
                 .enable_metrics
                 .then(|| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), self.metrics_port)),
+            fqdn: (!self.disable_fqdn_invocation).then_some(FqdnSettings {
+                allow_link_local: self.allow_fqdn_link_local,
+            }),
+            resources_path: self.resources_path.clone(),
+            registry_dir: self.registry_dir(),
+            kube: KubeSettings {
+                sync_timeout: Duration::from_secs(self.kube_sync_timeout_seconds),
+                secret_refresh: Duration::from_secs(self.kube_secret_refresh_seconds),
+            },
+            config: self.config.clone(),
             warnings,
         })
     }

@@ -17,7 +17,10 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
-use crate::upstream::{GuardedResolver, HttpClient, crypto_provider, http_client};
+use crate::{
+    invoke::Unusable,
+    upstream::{GuardedResolver, Upstream, crypto_provider, http_client},
+};
 
 /// A loaded endpoint, ready to be called.
 #[derive(Debug, Clone)]
@@ -27,7 +30,7 @@ pub struct Endpoint {
     pub base_url: String,
     /// Headers set on every request, overriding the caller's of the same name.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub client: HttpClient,
+    pub client: Arc<dyn Upstream>,
 }
 
 /// The endpoints this sidecar may call, by name.
@@ -37,20 +40,20 @@ pub struct Endpoints {
     /// Endpoints that exist but cannot be called (kubernetes mode: not ready, or a Secret that
     /// cannot be read), with the reason. The name still wins over an app ID of the same name, so
     /// a call says why instead of silently reaching an app.
-    unusable: HashMap<String, String>,
+    unusable: HashMap<String, Unusable>,
 }
 
 /// What a name in [`Endpoints`] stands for.
 #[derive(Debug, Clone)]
 pub enum Found<'a> {
     Usable(&'a Arc<Endpoint>),
-    Unusable(&'a str),
+    Unusable(&'a Unusable),
 }
 
 impl Endpoints {
     pub fn new(
         usable: impl IntoIterator<Item = Arc<Endpoint>>,
-        unusable: impl IntoIterator<Item = (String, String)>,
+        unusable: impl IntoIterator<Item = (String, Unusable)>,
     ) -> Self {
         let by_name: HashMap<String, Arc<Endpoint>> =
             usable.into_iter().map(|e| (e.name.clone(), e)).collect();
@@ -70,7 +73,7 @@ impl Endpoints {
         if let Some(e) = self.by_name.get(name) {
             return Some(Found::Usable(e));
         }
-        self.unusable.get(name).map(|r| Found::Unusable(r))
+        self.unusable.get(name).map(Found::Unusable)
     }
 
     /// The names of the usable endpoints, sorted.
@@ -81,13 +84,10 @@ impl Endpoints {
     }
 
     /// The unusable endpoints and why, sorted by name.
-    pub fn unusable(&self) -> Vec<(&str, &str)> {
-        let mut v: Vec<(&str, &str)> = self
-            .unusable
-            .iter()
-            .map(|(n, r)| (n.as_str(), r.as_str()))
-            .collect();
-        v.sort();
+    pub fn unusable(&self) -> Vec<(&str, &Unusable)> {
+        let mut v: Vec<(&str, &Unusable)> =
+            self.unusable.iter().map(|(n, r)| (n.as_str(), r)).collect();
+        v.sort_by_key(|(n, _)| *n);
         v
     }
 
@@ -324,7 +324,7 @@ pub fn build(ep: &HttpEndpoint) -> Result<Endpoint, String> {
         name: ep.name().to_owned(),
         base_url: base.trim_end_matches('/').to_owned(),
         headers,
-        client: http_client(tls, GuardedResolver::open(), false),
+        client: Arc::new(http_client(tls, GuardedResolver::open(), false)),
     })
 }
 
@@ -450,7 +450,7 @@ spec:
                 named("shared", "http://file"),
                 named("local", "http://local"),
             ],
-            [("broken-local".to_owned(), "bad".to_owned())],
+            [("broken-local".to_owned(), Unusable::Invalid("bad".into()))],
         );
         let cluster = Endpoints::new(
             [
@@ -458,8 +458,14 @@ spec:
                 named("remote", "http://remote"),
             ],
             [
-                ("broken-local".to_owned(), "cluster's".to_owned()),
-                ("down".to_owned(), "it is not ready".to_owned()),
+                (
+                    "broken-local".to_owned(),
+                    Unusable::Invalid("cluster's".into()),
+                ),
+                (
+                    "down".to_owned(),
+                    Unusable::Material("it is not ready".into()),
+                ),
             ],
         );
         let (merged, clashes) = files.over(&cluster);
@@ -470,11 +476,11 @@ spec:
         );
         assert!(matches!(
             merged.find("down"),
-            Some(Found::Unusable("it is not ready"))
+            Some(Found::Unusable(r)) if r.to_string() == "it is not ready"
         ));
         assert!(matches!(
             merged.find("broken-local"),
-            Some(Found::Unusable("bad"))
+            Some(Found::Unusable(r)) if r.to_string() == "bad"
         ));
         assert!(merged.find("nope").is_none());
         assert!(merged.same_as(&files.over(&cluster).0));

@@ -1,29 +1,30 @@
 //! Ferry's sidecar: Dapr-compatible service invocation.
 //!
-//! The pure core lives in [`invoke`] (targets, methods, headers, errors); [`proxy`] holds the
-//! caller and callee paths over injected resolution and connections; only [`server`] binds
-//! sockets.
+//! The pure core lives in [`invoke`] (targets, methods, headers, errors). The call path is two
+//! stacks of tower services: [`outbound`] (an app's requests to wherever they name) and
+//! [`inbound`] (peers' requests for the app), built by [`stacks`] over what is injected: the
+//! resolver, the peer connector, the app channel ([`upstream`]). Only [`server`] binds sockets.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod apphealth;
-pub mod balance;
 pub mod body;
 pub mod config;
 pub mod conn;
 pub mod endpoints;
+pub mod inbound;
 pub mod invoke;
 pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
-pub mod peers;
-pub mod proxy;
+pub mod outbound;
 pub mod registry;
 pub mod server;
+pub mod stacks;
 pub mod upstream;
 
 pub use config::{ConfigError, Settings, SidecarArgs};
-pub use server::{RunInfo, Running, StartError, start};
+pub use server::{RunInfo, Running, StartError, start, start_with};
 
 /// Exit code for bad flags or configuration (BSD `EX_USAGE`).
 pub const EX_USAGE: i32 = 64;

@@ -19,7 +19,8 @@ use arc_swap::ArcSwap;
 use ferry_api::{AppId, Namespace};
 use serde::{Deserialize, Serialize};
 
-pub use crate::balance::Instances;
+use crate::invoke::ResolveError;
+pub use crate::outbound::balance::Instances;
 
 /// What a sidecar tells the others (and `ferry list`) about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,7 +212,7 @@ impl RegistryResolver {
         app: &AppId,
         ns: &Namespace,
         explicit: bool,
-    ) -> Result<Arc<Instances>, String> {
+    ) -> Result<Arc<Instances>, ResolveError> {
         if let Some(found) = self.lookup(app, ns, explicit) {
             return Ok(found);
         }
@@ -221,10 +222,11 @@ impl RegistryResolver {
         if let Some(found) = self.lookup(app, ns, explicit) {
             return Ok(found);
         }
-        Err(format!(
-            "no running sidecar has registered app ID '{app}' in namespace '{ns}' under {} (start it with: ferry run --app-id {app} ...)",
-            self.dir.display()
-        ))
+        Err(ResolveError::NotRegistered {
+            app: app.clone(),
+            namespace: ns.clone(),
+            dir: self.dir.clone(),
+        })
     }
 
     fn lookup(&self, app: &AppId, ns: &Namespace, explicit: bool) -> Option<Arc<Instances>> {
@@ -364,7 +366,7 @@ mod tests {
         let r = RegistryResolver::new(dir.clone());
         let cart = AppId::new("cart").unwrap();
         let ns = Namespace::default();
-        let err = r.resolve(&cart, &ns, true).await.unwrap_err();
+        let err = r.resolve(&cart, &ns, true).await.unwrap_err().to_string();
         assert!(err.contains("cart") && err.contains("default"), "{err}");
         let _reg = Registration::create(&dir, &entry("cart", 40004)).unwrap();
         let found = r.resolve(&cart, &ns, true).await.unwrap();

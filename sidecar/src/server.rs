@@ -21,18 +21,25 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
+use arc_swap::ArcSwap;
+use tower::Service;
+
 use crate::{
-    api::{self, Health, OutboundCheck},
+    api::{self, Api, Health, OutboundCheck},
     apphealth::{self, AppHealth},
     body::Body,
-    config::{ConfigError, Mode, Settings, SidecarArgs},
-    conn, endpoints,
+    config::{AppProtocol, ConfigError, HttpListen, Mode, Settings, SidecarArgs},
+    conn,
+    endpoints::{self, Endpoints},
     kubernetes::{self, KubeResolver, httpendpoints},
     metrics::Metrics,
-    peers::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW},
-    proxy::{Resolve, Sidecar, SidecarParts},
+    outbound::{
+        peers::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, TcpConnect},
+        resolve::Resolve,
+    },
     registry::{Entry, Registration, RegistryResolver, now_unix},
-    upstream::{AppChannel, GuardedResolver, http_client, native_roots_tls},
+    stacks::{Parts, Sidecar},
+    upstream::{AppChannel, GuardedResolver, Upstream, http_client, native_roots_tls},
 };
 
 /// Why the sidecar could not start; each names the flag or file to fix.
@@ -92,30 +99,35 @@ pub struct Running {
 /// Validates the flags, binds every port, loads resources, registers (standalone mode), and
 /// starts serving.
 pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartError> {
-    let settings = args.settings()?;
+    start_with(args.settings()?, info).await
+}
+
+/// [`start`] from settings already validated.
+pub async fn start_with(settings: Settings, info: RunInfo) -> Result<Running, StartError> {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    match args.mode {
+    let settings = Arc::new(settings);
+    match settings.mode {
         Mode::Standalone => {
-            let resolver = Arc::new(RegistryResolver::new(args.registry_dir()));
-            let mut running = launch(args, &settings, info, resolver.clone()).await?;
+            let resolver = Arc::new(RegistryResolver::new(settings.registry_dir.clone()));
+            let mut running = launch(&settings, info, resolver.clone()).await?;
             resolver.rescan().await;
             running.health.outbound_ready.store(true, Ordering::Release);
             running
                 .running
                 .background
                 .spawn(resolver.clone().refresh_forever());
-            let dir = args.registry_dir();
+            let dir = &settings.registry_dir;
             let registration =
-                Registration::create(&dir, &running.running.entry).map_err(|source| {
+                Registration::create(dir, &running.running.entry).map_err(|source| {
                     StartError::Register {
                         dir: dir.display().to_string(),
                         source,
                     }
                 })?;
             running.running.registration = Some(registration);
-            Ok(running.serving(args))
+            Ok(running.serving(&settings))
         }
         Mode::Kubernetes => {
             // No registry: the root filesystem is read-only, and peers find pods through the
@@ -124,11 +136,11 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
             let api = kubernetes::connect().await.map_err(|e| e.to_string());
             let resolver = Arc::new(KubeResolver::new(
                 api.clone(),
-                args.app_id.clone(),
-                args.namespace.clone(),
-                Duration::from_secs(args.kube_sync_timeout_seconds),
+                settings.app_id.clone(),
+                settings.namespace.clone(),
+                settings.kube.sync_timeout,
             ));
-            let mut running = launch(args, &settings, info, resolver.clone()).await?;
+            let mut running = launch(&settings, info, resolver.clone()).await?;
             // Readiness (/v1.0/healthz) never waits for the API server: a pod must stay Ready
             // while it is briefly away. /v1.0/healthz/outbound tells the sync state instead.
             running.health.outbound_ready.store(true, Ordering::Release);
@@ -139,41 +151,41 @@ pub async fn start(args: &SidecarArgs, info: RunInfo) -> Result<Running, StartEr
                 .set(OutboundCheck(Box::new(move || check.outbound())));
             let background = &mut running.running.background;
             background.spawn(resolver.clone().let_go_idle_forever());
-            if let (Ok(api), Ok(own)) = (api, resolver.watch(&args.namespace)) {
-                let sidecar = running.sidecar.clone();
-                let files = (**sidecar.endpoints.load()).clone();
+            if let (Ok(api), Ok(own)) = (api, resolver.watch(&settings.namespace)) {
+                let endpoints = running.endpoints.clone();
+                let files = (**endpoints.load()).clone();
                 background.spawn(httpendpoints::follow_forever(
                     api,
                     own,
-                    args.app_id.clone(),
+                    settings.app_id.clone(),
                     files,
-                    Duration::from_secs(args.kube_secret_refresh_seconds),
-                    move |eps| sidecar.endpoints.store(Arc::new(eps)),
+                    settings.kube.secret_refresh,
+                    move |eps| endpoints.store(Arc::new(eps)),
                 ));
             }
             running
                 .running
                 .on_shutdown
                 .push(Box::new(move || resolver.stop()));
-            Ok(running.serving(args))
+            Ok(running.serving(&settings))
         }
     }
 }
 
 /// A sidecar whose sockets serve, before the mode's last steps.
-struct Launched<R> {
+struct Launched {
     running: Running,
     health: Arc<Health>,
-    sidecar: Arc<Sidecar<R>>,
+    endpoints: Arc<ArcSwap<Endpoints>>,
 }
 
-impl<R> Launched<R> {
-    fn serving(self, args: &SidecarArgs) -> Running {
+impl Launched {
+    fn serving(self, settings: &Settings) -> Running {
         let r = &self.running;
         tracing::info!(
-            app_id = %args.app_id,
-            namespace = %args.namespace,
-            mode = ?args.mode,
+            app_id = %settings.app_id,
+            namespace = %settings.namespace,
+            mode = ?settings.mode,
             http = ?r.http_addrs,
             internal = %r.internal_addr,
             public = ?r.public_addr,
@@ -185,57 +197,67 @@ impl<R> Launched<R> {
 }
 
 async fn launch<R: Resolve>(
-    args: &SidecarArgs,
-    settings: &Settings,
+    settings: &Arc<Settings>,
     info: RunInfo,
     resolver: Arc<R>,
-) -> Result<Launched<R>, StartError> {
-    let endpoints = endpoints::load(&args.resources_path, &args.app_id, &args.namespace)?;
+) -> Result<Launched, StartError> {
+    let endpoints = endpoints::load(
+        &settings.resources_path,
+        &settings.app_id,
+        &settings.namespace,
+    )?;
     if !endpoints.is_empty() {
         tracing::info!(endpoints = ?endpoints.names(), "loaded HTTPEndpoints");
     }
-    let app = args.app_port.map(|port| {
-        AppChannel::new(
-            args.effective_app_protocol(),
-            &args.app_channel_address,
-            port,
-        )
+    let endpoints = Arc::new(ArcSwap::from_pointee(endpoints));
+    let app = settings
+        .app
+        .as_ref()
+        .map(|a| AppChannel::new(a.protocol, &a.address, a.port));
+    let fqdn = settings.fqdn.map(|f| {
+        let guard = if f.allow_link_local {
+            GuardedResolver::open()
+        } else {
+            GuardedResolver::guarded()
+        };
+        Arc::new(http_client(native_roots_tls(), guard, false)) as Arc<dyn Upstream>
     });
-    let fqdn = (!args.disable_fqdn_invocation)
-        .then(|| http_client(native_roots_tls(), guard(args), false));
     let metrics = settings
         .metrics
-        .map(|_| Arc::new(Metrics::new(&args.app_id)));
+        .map(|_| Arc::new(Metrics::new(&settings.app_id)));
     let app_health = settings
         .app_health
         .clone()
         .map(|s| Arc::new(AppHealth::new(s)));
-    let sidecar = Arc::new(Sidecar::new(SidecarParts {
-        app_id: args.app_id.clone(),
-        namespace: args.namespace.clone(),
-        app: app.clone(),
+    let sidecar = Sidecar::new(Parts {
+        settings: settings.clone(),
         resolver,
+        connect: TcpConnect,
+        app: app.clone(),
         fqdn,
-        allow_link_local: args.allow_fqdn_link_local,
-        endpoints,
-        max_body: settings.max_body,
-        host_ip: settings.host_ip,
+        endpoints: endpoints.clone(),
         hostname: hostname(),
         app_health: app_health.clone(),
-        max_concurrency: settings.max_concurrency,
         metrics: metrics.clone(),
-    }));
+    });
     let health = Arc::new(Health::default());
-    if !args.config.is_empty() {
+    if !settings.config.is_empty() {
         health
             .extended
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert("configuration".into(), args.config.join(","));
+            .insert("configuration".into(), settings.config.join(","));
     }
+    let api = Arc::new(Api {
+        outbound: sidecar.outbound,
+        settings: settings.clone(),
+        health: health.clone(),
+        endpoints: endpoints.clone(),
+        app_health: app_health.clone(),
+    });
 
     // Bind everything before serving anything, so a busy port fails the start cleanly.
-    let http_listeners = bind_http(args).await?;
+    let http_listeners = bind_http(&settings.http).await?;
     let http_addrs: Vec<SocketAddr> = http_listeners
         .iter()
         .filter_map(|l| l.local_addr().ok())
@@ -244,14 +266,8 @@ async fn launch<R: Resolve>(
     let internal_addr = internal
         .local_addr()
         .expect("a bound socket has an address");
-    let public = match args.dapr_public_port {
-        Some(p) => Some(
-            bind(
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), p),
-                "dapr-public-port",
-            )
-            .await?,
-        ),
+    let public = match settings.public {
+        Some(addr) => Some(bind(addr, "dapr-public-port").await?),
         None => None,
     };
     let public_addr = public.as_ref().and_then(|l| l.local_addr().ok());
@@ -262,19 +278,19 @@ async fn launch<R: Resolve>(
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let grace = args.graceful_shutdown();
-    let first_request = Duration::from_secs(args.read_header_timeout_seconds);
+    let grace = settings.grace;
+    let first_request = settings.head_timeout;
     let mut tasks = JoinSet::new();
-    let api_builder = http_builder(args);
+    let builder = http_builder(settings.max_head);
     for listener in http_listeners {
-        let (sc, h) = (sidecar.clone(), health.clone());
+        let api = api.clone();
         let svc = move |req| {
-            let (sc, h) = (sc.clone(), h.clone());
-            async move { Ok::<_, Infallible>(api::serve_api(sc, h, req).await) }
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.serve(req).await) }
         };
         tasks.spawn(serve(
             listener,
-            api_builder.clone(),
+            builder.clone(),
             svc,
             shutdown_rx.clone(),
             grace,
@@ -283,14 +299,11 @@ async fn launch<R: Resolve>(
         ));
     }
     {
-        let sc = sidecar.clone();
-        let svc = move |req| {
-            let sc = sc.clone();
-            async move { Ok::<_, Infallible>(sc.inbound(req).await) }
-        };
+        let inbound = sidecar.inbound;
+        let svc = move |req| inbound.clone().call(req);
         tasks.spawn(serve(
             internal,
-            http_builder(args),
+            builder.clone(),
             svc,
             shutdown_rx.clone(),
             grace,
@@ -299,14 +312,14 @@ async fn launch<R: Resolve>(
         ));
     }
     if let Some(listener) = public {
-        let (sc, h) = (sidecar.clone(), health.clone());
-        let svc = move |req| {
-            let (sc, h) = (sc.clone(), h.clone());
-            async move { Ok::<_, Infallible>(api::serve_public(sc, h, req).await) }
+        let api = api.clone();
+        let svc = move |req: Request<Incoming>| {
+            let resp = api.serve_public(&req);
+            std::future::ready(Ok::<_, Infallible>(resp))
         };
         tasks.spawn(serve(
             listener,
-            api_builder.clone(),
+            builder.clone(),
             svc,
             shutdown_rx.clone(),
             grace,
@@ -317,12 +330,11 @@ async fn launch<R: Resolve>(
     if let (Some(listener), Some(m)) = (metrics_listener, &metrics) {
         let m = m.clone();
         let svc = move |req: Request<Incoming>| {
-            let m = m.clone();
-            async move { Ok::<_, Infallible>(api::serve_metrics(&m, &req)) }
+            std::future::ready(Ok::<_, Infallible>(api::serve_metrics(&m, &req)))
         };
         tasks.spawn(serve(
             listener,
-            api_builder.clone(),
+            builder.clone(),
             svc,
             shutdown_rx.clone(),
             grace,
@@ -332,10 +344,10 @@ async fn launch<R: Resolve>(
     }
 
     let mut background = JoinSet::new();
-    match args.app_port {
+    match &settings.app {
         None => health.app_ready.store(true, Ordering::Release),
-        Some(port) => {
-            let (h, addr) = (health.clone(), args.app_channel_address.clone());
+        Some(a) => {
+            let (h, addr, port) = (health.clone(), a.address.clone(), a.port);
             background.spawn(async move { wait_for_app(&addr, port, &h).await });
         }
     }
@@ -344,16 +356,21 @@ async fn launch<R: Resolve>(
     }
 
     let entry = Entry {
-        app_id: args.app_id.to_string(),
-        namespace: args.namespace.to_string(),
+        app_id: settings.app_id.to_string(),
+        namespace: settings.namespace.to_string(),
         internal_address: reachable(internal_addr),
         http_port: http_addrs
             .first()
             .map(|a| a.port())
-            .unwrap_or(args.dapr_http_port),
-        grpc_port: args.dapr_grpc_port,
-        app_port: args.app_port,
-        app_protocol: args.effective_app_protocol().as_str().to_owned(),
+            .unwrap_or(settings.http.port),
+        grpc_port: settings.grpc_port,
+        app_port: settings.app.as_ref().map(|a| a.port),
+        app_protocol: settings
+            .app
+            .as_ref()
+            .map_or(AppProtocol::Http, |a| a.protocol)
+            .as_str()
+            .to_owned(),
         pid: std::process::id(),
         app_pid: None,
         command: info.command,
@@ -374,7 +391,7 @@ async fn launch<R: Resolve>(
             grace,
         },
         health,
-        sidecar,
+        endpoints,
     })
 }
 
@@ -416,14 +433,6 @@ impl Running {
     }
 }
 
-fn guard(args: &SidecarArgs) -> GuardedResolver {
-    if args.allow_fqdn_link_local {
-        GuardedResolver::open()
-    } else {
-        GuardedResolver::guarded()
-    }
-}
-
 /// The address other sidecars should dial for a listener (an unspecified address means "all
 /// interfaces", which on one machine is reached through loopback).
 fn reachable(addr: SocketAddr) -> SocketAddr {
@@ -450,14 +459,10 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Start
 /// An address this machine does not have (Dapr's default `[::1],127.0.0.1` on a host without
 /// IPv6) is skipped, as daprd skips it, as long as another address works; any other failure
 /// (a busy port, say) stops the start.
-async fn bind_http(args: &SidecarArgs) -> Result<Vec<TcpListener>, StartError> {
-    let explicit = !args.dapr_listen_addresses.is_empty();
-    let addrs: Vec<IpAddr> = if explicit {
-        args.dapr_listen_addresses.clone()
-    } else {
-        vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()]
-    };
-    let mut port = args.dapr_http_port;
+async fn bind_http(listen: &HttpListen) -> Result<Vec<TcpListener>, StartError> {
+    let explicit = listen.explicit;
+    let addrs = listen.addrs.clone();
+    let mut port = listen.port;
     let mut out = Vec::new();
     let mut missing = None;
     for ip in &addrs {
@@ -504,19 +509,18 @@ fn not_on_this_machine(e: &io::Error) -> bool {
 
 /// Every port serves HTTP/1.1 and HTTP/2 (prior knowledge). Peers call the internal port over
 /// HTTP/1.1 (see `peers`); HTTP/2 there serves sidecars of earlier versions.
-fn http_builder(args: &SidecarArgs) -> auto::Builder<TokioExecutor> {
+fn http_builder(head_limit: usize) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    let head_limit = args.read_buffer_size as usize;
     // No `header_read_timeout`: hyper would start it while a keep-alive connection idles
     // between requests; `conn::HeadDeadline` times the head from its first byte instead.
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_buf_size(head_limit.max(8192))
+        .max_buf_size(head_limit)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(head_limit.max(8192) as u32)
+        .max_header_list_size(head_limit as u32)
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10))
         .initial_stream_window_size(H2_STREAM_WINDOW)

@@ -15,8 +15,7 @@ use std::{
     time::Duration,
 };
 
-use http::Request;
-use hyper::body::Incoming;
+use http::{Request, Response};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector, connect::dns::Name},
@@ -29,7 +28,10 @@ use rustls::{
 };
 use tower_service::Service;
 
-use crate::{body::Body, config::AppProtocol};
+use crate::{
+    body::{self, Body, BoxError},
+    config::AppProtocol,
+};
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Body>;
 
@@ -83,45 +85,111 @@ pub fn http_client(tls: ClientConfig, resolver: GuardedResolver, http2_only: boo
         .build(connector)
 }
 
-// === impl AppChannel ===
+// === Upstream ===
 
-/// The sidecar's connection to its own app.
+/// A future the upstreams return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Where the stacks end: one kind of upstream (the app, an HTTPEndpoint, URLs), injected, so a
+/// test can put the app in memory. Requests carry an absolute URI.
+pub trait Upstream: Send + Sync + 'static {
+    fn send(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, BoxError>>;
+}
+
+impl Upstream for HttpClient {
+    fn send(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, BoxError>> {
+        let sent = self.request(req);
+        Box::pin(async move {
+            sent.await
+                .map(|resp| resp.map(body::boxed))
+                .map_err(Into::into)
+        })
+    }
+}
+
+impl std::fmt::Debug for dyn Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstream")
+    }
+}
+
+/// An [`Upstream`] made of a function (an app that lives in a test).
+pub fn upstream_fn<F, Fut, B>(f: F) -> Arc<dyn Upstream>
+where
+    F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, BoxError>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    struct FnUpstream<F>(F);
+    impl<F, Fut, B> Upstream for FnUpstream<F>
+    where
+        F: Fn(Request<Body>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<B>, BoxError>> + Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        fn send(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, BoxError>> {
+            let answer = (self.0)(req);
+            Box::pin(async move { answer.await.map(|resp| resp.map(body::boxed)) })
+        }
+    }
+    Arc::new(FnUpstream(f))
+}
+
+// === the app channel ===
+
+/// The sidecar's connection to its own app: the client, and the base URL the app is called at.
 #[derive(Debug, Clone)]
 pub struct AppChannel {
-    client: HttpClient,
+    pub client: Arc<dyn Upstream>,
     /// `http://127.0.0.1:5000` (no trailing slash).
-    pub base: String,
-    pub protocol: AppProtocol,
-    pub port: u16,
-    pub address: String,
+    pub base: Arc<str>,
 }
 
 impl AppChannel {
     pub fn new(protocol: AppProtocol, address: &str, port: u16) -> Self {
-        let (scheme, tls, h2) = match protocol {
-            AppProtocol::Http => ("http", native_roots_or_empty(), false),
-            AppProtocol::Https => ("https", insecure_tls(), false),
-            AppProtocol::H2c => ("http", native_roots_or_empty(), true),
-        };
-        let host = match address.parse::<Ipv6Addr>() {
-            Ok(v6) => format!("[{v6}]"),
-            Err(_) => address.to_owned(),
-        };
         Self {
-            client: http_client(tls, GuardedResolver::open(), h2),
-            base: format!("{scheme}://{host}:{port}"),
-            protocol,
-            port,
-            address: address.to_owned(),
+            client: app_client(protocol),
+            base: app_base(protocol, address, port).into(),
         }
     }
 
-    pub async fn send(
-        &self,
-        req: Request<Body>,
-    ) -> Result<http::Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+    /// An app that lives in this process (tests).
+    pub fn in_memory(client: Arc<dyn Upstream>) -> Self {
+        Self {
+            client,
+            base: "http://app".into(),
+        }
     }
+
+    pub fn send(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, BoxError>> {
+        self.client.send(req)
+    }
+}
+
+/// The client of the sidecar's own app: HTTP/1.1 keep-alive (or one HTTP/2 connection for
+/// `h2c`), TLS without verification for `https` (as Dapr's app-ssl).
+pub fn app_client(protocol: AppProtocol) -> Arc<dyn Upstream> {
+    let (tls, h2) = match protocol {
+        AppProtocol::Http => (native_roots_or_empty(), false),
+        AppProtocol::Https => (insecure_tls(), false),
+        AppProtocol::H2c => (native_roots_or_empty(), true),
+    };
+    Arc::new(http_client(tls, GuardedResolver::open(), h2))
+}
+
+/// `http://127.0.0.1:5000` (no trailing slash): where the app is called.
+pub fn app_base(protocol: AppProtocol, address: &str, port: u16) -> String {
+    let scheme = match protocol {
+        AppProtocol::Http | AppProtocol::H2c => "http",
+        AppProtocol::Https => "https",
+    };
+    let host = match address.parse::<Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => address.to_owned(),
+    };
+    format!("{scheme}://{host}:{port}")
 }
 
 fn native_roots_or_empty() -> ClientConfig {

@@ -4,8 +4,10 @@
 //! <target>, err: <cause>"}`. 404 when the request names no target; 500 for everything else
 //! the sidecar itself fails at (the callee's access-control denial will be 403).
 
+use std::{path::PathBuf, time::Duration};
+
 use crate::body::{self, Body};
-use ferry_api::headers::FERRY_ERROR;
+use ferry_api::{AppId, Namespace};
 use http::{
     HeaderValue, Response, StatusCode,
     header::{CONNECTION, CONTENT_TYPE},
@@ -36,15 +38,15 @@ pub enum Cause {
         "refusing to call {host}: it is a link-local or cloud metadata address (start the sidecar with --allow-fqdn-link-local to allow it)"
     )]
     BlockedAddress { host: String },
-    #[error("failed to resolve address for '{app}' in namespace '{namespace}': {reason}")]
+    #[error("failed to resolve address for '{app}' in namespace '{namespace}': {source}")]
     Resolve {
-        app: String,
-        namespace: String,
-        reason: String,
+        app: AppId,
+        namespace: Namespace,
+        source: Box<ResolveError>,
     },
     /// An HTTPEndpoint of that name exists, but cannot be called.
     #[error("HTTPEndpoint '{name}' cannot be used: {reason}")]
-    EndpointUnusable { name: String, reason: String },
+    EndpointUnusable { name: String, reason: Unusable },
     #[error(
         "cannot invoke local endpoint: app channel not initialized (start the sidecar with --app-port)"
     )]
@@ -69,13 +71,218 @@ pub enum Cause {
     External { url: String, reason: String },
     #[error("request was meant for app {wanted:?}, but this sidecar serves {own:?}")]
     WrongCallee { wanted: String, own: String },
+    /// An error the callee's sidecar made (its answer carried `ferry-error`).
     #[error("{message}")]
     Callee {
         status: StatusCode,
-        /// The callee's `ferry-error` kind.
-        kind: String,
+        /// What the callee said failed; `None` for a kind this sidecar does not know (a peer
+        /// of another version).
+        kind: Option<ErrorKind>,
         message: String,
     },
+}
+
+/// Why an app ID has no instance to call. The texts name the app, the namespace and what to
+/// look at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// Standalone: no live registry entry.
+    #[error(
+        "no running sidecar has registered app ID '{app}' in namespace '{namespace}' under {} (start it with: ferry run --app-id {app} ...)",
+        dir.display()
+    )]
+    NotRegistered {
+        app: AppId,
+        namespace: Namespace,
+        dir: PathBuf,
+    },
+    /// Kubernetes mode without an API client: why there is none.
+    #[error("{0}")]
+    NoApi(String),
+    #[error(
+        "this sidecar already watches {max} namespaces; a namespace is let go after {idle_minutes} minutes without calls"
+    )]
+    TooManyNamespaces { max: usize, idle_minutes: u64 },
+    /// The caller's namespace lists an HTTPEndpoint of the name whose Secrets are being read:
+    /// it must not be shadowed by an app of the same name meanwhile.
+    #[error(
+        "HTTPEndpoint '{app}' of namespace '{namespace}' is still being loaded (its Secrets are being read); try again"
+    )]
+    EndpointLoading { app: AppId, namespace: Namespace },
+    #[error(
+        "app '{app}' not found in namespace '{namespace}': the namespace has no RoutingTable '{}' (no app there runs with a sidecar, or ferry-operator is not running)",
+        crate::kubernetes::index::TABLE_NAME
+    )]
+    NoTable { app: AppId, namespace: Namespace },
+    #[error(
+        "app '{app}' not found in namespace '{namespace}': the RoutingTable '{}' has no such app ({listed})",
+        crate::kubernetes::index::TABLE_NAME
+    )]
+    UnknownApp {
+        app: AppId,
+        namespace: Namespace,
+        listed: Listed,
+    },
+    #[error(
+        "app '{app}' in namespace '{namespace}' has no ready instance: Service {service} has no ready endpoint with a port named {}",
+        crate::kubernetes::index::INTERNAL_PORT_NAME
+    )]
+    NoReadyInstance {
+        app: AppId,
+        namespace: Namespace,
+        service: String,
+    },
+    #[error(
+        "the Kubernetes API at {api} has not listed namespace '{namespace}' within {}s of the first call to it: {problem}",
+        within.as_secs_f32()
+    )]
+    NotListed {
+        api: String,
+        namespace: Namespace,
+        within: Duration,
+        problem: String,
+    },
+}
+
+/// The app IDs a RoutingTable lists, as an error tells them: the first few, then a count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub first: Vec<String>,
+    pub more: usize,
+}
+
+impl Listed {
+    /// At most this many are named.
+    pub const NAMED: usize = 10;
+
+    pub fn of(ids: &[&str]) -> Self {
+        let n = ids.len().min(Self::NAMED);
+        Self {
+            first: ids[..n].iter().map(|s| (*s).to_owned()).collect(),
+            more: ids.len() - n,
+        }
+    }
+}
+
+impl std::fmt::Display for Listed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.first.len(), self.more) {
+            (0, _) => f.write_str("it lists no app"),
+            (_, 0) => write!(f, "it lists {}", self.first.join(", ")),
+            (_, more) => write!(f, "it lists {} and {more} more", self.first.join(", ")),
+        }
+    }
+}
+
+/// Why an HTTPEndpoint that exists cannot be called.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    /// The operator reports it not ready.
+    #[error("it is not ready ({reason}); see kubectl describe httpendpoint {name} -n {namespace}")]
+    NotReady {
+        name: String,
+        namespace: String,
+        reason: String,
+    },
+    /// What it refers to (a Secret, an inline key) cannot be read or used; the text names the
+    /// field.
+    #[error("{0}")]
+    Material(String),
+    /// It cannot be built into a client (its URL, headers or TLS); the text names the field.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What failed, as one fixed word: for logs, metrics, and the `ferry-error` header with which a
+/// callee's sidecar marks its own errors (parsed back by the caller's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NoTarget,
+    InvalidBaggage,
+    InvalidAppId,
+    InvalidMethod,
+    InvalidVerb,
+    InvalidUrl,
+    FqdnDisabled,
+    BlockedAddress,
+    Resolve,
+    EndpointUnusable,
+    NoAppChannel,
+    AppChannel,
+    AppUnhealthy,
+    BodyTooLarge,
+    RequestBody,
+    Remote,
+    External,
+    WrongCallee,
+    Callee,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 19] = [
+        ErrorKind::NoTarget,
+        ErrorKind::InvalidBaggage,
+        ErrorKind::InvalidAppId,
+        ErrorKind::InvalidMethod,
+        ErrorKind::InvalidVerb,
+        ErrorKind::InvalidUrl,
+        ErrorKind::FqdnDisabled,
+        ErrorKind::BlockedAddress,
+        ErrorKind::Resolve,
+        ErrorKind::EndpointUnusable,
+        ErrorKind::NoAppChannel,
+        ErrorKind::AppChannel,
+        ErrorKind::AppUnhealthy,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::RequestBody,
+        ErrorKind::Remote,
+        ErrorKind::External,
+        ErrorKind::WrongCallee,
+        ErrorKind::Callee,
+    ];
+
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NoTarget => "no-target",
+            ErrorKind::InvalidBaggage => "invalid-baggage",
+            ErrorKind::InvalidAppId => "invalid-app-id",
+            ErrorKind::InvalidMethod => "invalid-method",
+            ErrorKind::InvalidVerb => "invalid-verb",
+            ErrorKind::InvalidUrl => "invalid-url",
+            ErrorKind::FqdnDisabled => "fqdn-disabled",
+            ErrorKind::BlockedAddress => "blocked-address",
+            ErrorKind::Resolve => "resolve",
+            ErrorKind::EndpointUnusable => "endpoint-unusable",
+            ErrorKind::NoAppChannel => "no-app-channel",
+            ErrorKind::AppChannel => "app-channel",
+            ErrorKind::AppUnhealthy => "app-unhealthy",
+            ErrorKind::BodyTooLarge => "body-too-large",
+            ErrorKind::RequestBody => "request-body",
+            ErrorKind::Remote => "remote",
+            ErrorKind::External => "external",
+            ErrorKind::WrongCallee => "wrong-callee",
+            ErrorKind::Callee => "callee",
+        }
+    }
+
+    /// The kind a `ferry-error` value names; `None` for a word this sidecar does not know.
+    pub fn parse(wire: &[u8]) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str().as_bytes() == wire)
+    }
+
+    /// The `ferry-error` value.
+    pub fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(self.as_str())
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Cause {
@@ -88,28 +295,28 @@ impl Cause {
         }
     }
 
-    /// A fixed label for logs, metrics and the `ferry-error` header.
-    pub fn kind(&self) -> &'static str {
+    /// What failed, as one word (logs, metrics, the `ferry-error` header).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Cause::NoTarget => "no-target",
-            Cause::InvalidBaggage(_) => "invalid-baggage",
-            Cause::InvalidAppId(_) => "invalid-app-id",
-            Cause::InvalidMethod(_) => "invalid-method",
-            Cause::InvalidVerb(_) => "invalid-verb",
-            Cause::InvalidUrl { .. } => "invalid-url",
-            Cause::FqdnDisabled => "fqdn-disabled",
-            Cause::BlockedAddress { .. } => "blocked-address",
-            Cause::Resolve { .. } => "resolve",
-            Cause::EndpointUnusable { .. } => "endpoint-unusable",
-            Cause::NoLocalAppChannel | Cause::NoAppChannel => "no-app-channel",
-            Cause::AppChannel(_) => "app-channel",
-            Cause::AppUnhealthy => "app-unhealthy",
-            Cause::BodyTooLarge { .. } => "body-too-large",
-            Cause::RequestBody(_) => "request-body",
-            Cause::Remote(_) => "remote",
-            Cause::External { .. } => "external",
-            Cause::WrongCallee { .. } => "wrong-callee",
-            Cause::Callee { .. } => "callee",
+            Cause::NoTarget => ErrorKind::NoTarget,
+            Cause::InvalidBaggage(_) => ErrorKind::InvalidBaggage,
+            Cause::InvalidAppId(_) => ErrorKind::InvalidAppId,
+            Cause::InvalidMethod(_) => ErrorKind::InvalidMethod,
+            Cause::InvalidVerb(_) => ErrorKind::InvalidVerb,
+            Cause::InvalidUrl { .. } => ErrorKind::InvalidUrl,
+            Cause::FqdnDisabled => ErrorKind::FqdnDisabled,
+            Cause::BlockedAddress { .. } => ErrorKind::BlockedAddress,
+            Cause::Resolve { .. } => ErrorKind::Resolve,
+            Cause::EndpointUnusable { .. } => ErrorKind::EndpointUnusable,
+            Cause::NoLocalAppChannel | Cause::NoAppChannel => ErrorKind::NoAppChannel,
+            Cause::AppChannel(_) => ErrorKind::AppChannel,
+            Cause::AppUnhealthy => ErrorKind::AppUnhealthy,
+            Cause::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            Cause::RequestBody(_) => ErrorKind::RequestBody,
+            Cause::Remote(_) => ErrorKind::Remote,
+            Cause::External { .. } => ErrorKind::External,
+            Cause::WrongCallee { .. } => ErrorKind::WrongCallee,
+            Cause::Callee { .. } => ErrorKind::Callee,
         }
     }
 }
@@ -124,9 +331,10 @@ impl Cause {
             Cause::Callee { status, .. } if *status == StatusCode::FORBIDDEN => {
                 "rpc error: code = PermissionDenied desc = "
             }
-            Cause::Callee { kind, .. } if kind == "invalid-method" => {
-                "rpc error: code = InvalidArgument desc = "
-            }
+            Cause::Callee {
+                kind: Some(ErrorKind::InvalidMethod),
+                ..
+            } => "rpc error: code = InvalidArgument desc = ",
             Cause::Callee { .. } => "rpc error: code = Internal desc = ",
             _ => "",
         }
@@ -205,8 +413,7 @@ impl InvokeError {
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if callee_made {
-            resp.headers_mut()
-                .insert(FERRY_ERROR, HeaderValue::from_static(kind));
+            crate::invoke::headers::mark_callee_error(resp.headers_mut(), kind);
         }
         if matches!(self.cause, Cause::BodyTooLarge { .. }) {
             // The rest of the body was refused unread, so an HTTP/1.1 connection cannot carry
@@ -219,9 +426,44 @@ impl InvokeError {
     }
 }
 
+/// An error and its sources, joined with ": ".
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// The first `T` in an error's source chain (also inside an `io::Error`).
+pub fn find_in_chain<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && let Some(t) = io.get_ref().and_then(|inner| inner.downcast_ref::<T>())
+        {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_api::headers::FERRY_ERROR;
     use http_body_util::BodyExt;
 
     async fn json_of(resp: Response<Body>) -> serde_json::Value {
@@ -273,7 +515,7 @@ mod tests {
         );
         let callee = Cause::Callee {
             status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "no-app-channel".into(),
+            kind: Some(ErrorKind::NoAppChannel),
             message: "app channel is not initialized".into(),
         };
         let resp = InvokeError::new("b", callee).into_response();

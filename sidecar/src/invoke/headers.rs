@@ -1,6 +1,11 @@
-//! Header rules, both ways (spec §1.7, §1.9).
+//! Header rules, both ways: every rule about which header passes, goes or is set lives here.
+//!
+//! Dapr's rules are in `dapr/pkg/messaging/v1/util.go` (which metadata passes to the app) and
+//! `dapr/pkg/http/api_directmessaging.go` (what the HTTP API forwards and sets).
 
 use ferry_api::headers as names;
+
+use super::error::ErrorKind;
 use http::{
     HeaderMap, HeaderName, HeaderValue,
     header::{
@@ -142,6 +147,56 @@ pub fn sanitize_response(h: &mut HeaderMap) {
     strip_hop_by_hop(h);
 }
 
+/// A peer sidecar's request on its way to the app: hop-by-hop headers go, and the framing the
+/// app channel recomputes (`Host`, `Content-Length`).
+pub fn for_app(h: &mut HeaderMap) {
+    strip_hop_by_hop(h);
+    h.remove(HOST);
+    h.remove(CONTENT_LENGTH);
+}
+
+/// The app's answer on its way back: hop-by-hop headers go, and so does `ferry-error`: only a
+/// sidecar may mark an answer as its own error.
+pub fn from_app(h: &mut HeaderMap) {
+    sanitize_response(h);
+    h.remove(names::FERRY_ERROR);
+}
+
+/// Tells the callee's sidecar whom the request is for (`ferry-callee: <app-id>.<namespace>`).
+pub fn set_callee(h: &mut HeaderMap, tag: HeaderValue) {
+    h.insert(names::FERRY_CALLEE, tag);
+}
+
+/// Takes the `ferry-callee` a peer sent (the callee checks it against its own).
+pub fn take_callee(h: &mut HeaderMap) -> Option<HeaderValue> {
+    h.remove(names::FERRY_CALLEE)
+}
+
+/// The caller's app ID, as its sidecar set it.
+pub fn caller_app_id(h: &HeaderMap) -> Option<&str> {
+    h.get(names::DAPR_CALLER_APP_ID)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// An HTTPEndpoint's own headers, over the caller's of the same name.
+pub fn set_endpoint_headers(h: &mut HeaderMap, headers: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in headers {
+        h.insert(name.clone(), value.clone());
+    }
+}
+
+/// Marks an error response as the callee sidecar's own, with what failed.
+pub fn mark_callee_error(h: &mut HeaderMap, kind: ErrorKind) {
+    h.insert(names::FERRY_ERROR, kind.header_value());
+}
+
+/// A peer's answer that its sidecar marked as its own error: what failed (`None` for a word this
+/// sidecar does not know). `None` when the answer is the app's.
+pub fn callee_error(h: &HeaderMap) -> Option<Option<ErrorKind>> {
+    h.get(names::FERRY_ERROR)
+        .map(|v| ErrorKind::parse(v.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +261,49 @@ mod tests {
         assert_eq!(names_of(&h), ["content-type", "x-multi"]);
         let multi: Vec<_> = h.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a", "b"], "multi-value headers keep their order");
+    }
+
+    #[test]
+    fn callee_marks_travel_and_the_apps_cannot_forge_them() {
+        let mut h = HeaderMap::new();
+        assert_eq!(callee_error(&h), None, "an app's answer");
+        mark_callee_error(&mut h, ErrorKind::AppUnhealthy);
+        assert_eq!(callee_error(&h), Some(Some(ErrorKind::AppUnhealthy)));
+        h.insert(
+            names::FERRY_ERROR,
+            HeaderValue::from_static("from-a-newer-peer"),
+        );
+        assert_eq!(
+            callee_error(&h),
+            Some(None),
+            "marked, of a kind not known here"
+        );
+        from_app(&mut h);
+        assert_eq!(
+            callee_error(&h),
+            None,
+            "an app's own ferry-error never passes"
+        );
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(kind.as_str().as_bytes()), Some(kind));
+        }
+    }
+
+    #[test]
+    fn requests_for_the_app_lose_their_framing() {
+        let mut h = map(&[
+            ("host", "10.0.0.1:50002"),
+            ("content-length", "12"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-kept", "1"),
+        ]);
+        for_app(&mut h);
+        assert_eq!(names_of(&h), ["x-kept"]);
+        let mut h = HeaderMap::new();
+        set_callee(&mut h, HeaderValue::from_static("cart.shop"));
+        assert_eq!(take_callee(&mut h).unwrap(), "cart.shop");
+        assert!(take_callee(&mut h).is_none());
     }
 
     #[test]

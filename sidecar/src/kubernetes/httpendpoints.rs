@@ -30,7 +30,7 @@ use kube::Api;
 use super::{ApiClient, watch::NamespaceWatch};
 use crate::{
     endpoints::{self, Endpoint, Endpoints},
-    proxy::chain,
+    invoke::{Unusable, error::chain},
 };
 
 /// A Secret's data as last read, or why it cannot be used.
@@ -309,17 +309,18 @@ impl ClusterEndpoints {
                 let reason = route.reason.as_deref().unwrap_or("no reason given");
                 unusable.push((
                     route.name.clone(),
-                    format!(
-                        "it is not ready ({reason}); see kubectl describe httpendpoint {} -n {}",
-                        route.name, self.namespace
-                    ),
+                    Unusable::NotReady {
+                        name: route.name.clone(),
+                        namespace: self.namespace.clone(),
+                        reason: reason.to_owned(),
+                    },
                 ));
                 continue;
             }
             let assembled = match assemble(route, &self.material) {
                 Ok(ep) => ep,
                 Err(e) => {
-                    unusable.push((route.name.clone(), e));
+                    unusable.push((route.name.clone(), Unusable::Material(e)));
                     continue;
                 }
             };
@@ -336,7 +337,7 @@ impl ClusterEndpoints {
                     usable.push(ep.clone());
                     built.insert(route.name.clone(), (assembled, ep));
                 }
-                Err(e) => unusable.push((route.name.clone(), e)),
+                Err(e) => unusable.push((route.name.clone(), Unusable::Invalid(e))),
             }
         }
         self.built = built;
@@ -401,7 +402,7 @@ pub async fn follow_forever(
                 "HTTPEndpoints changed"
             );
             for (name, reason) in merged.unusable() {
-                tracing::warn!(endpoint = name, reason, "HTTPEndpoint cannot be used");
+                tracing::warn!(endpoint = name, %reason, "HTTPEndpoint cannot be used");
             }
             current = merged.clone();
             store(merged);
@@ -606,11 +607,17 @@ mod tests {
         let first = cluster.build(&routes);
         let ext = first.get("ext").expect("ext is usable").clone();
         assert_eq!(ext.headers[1].1, "Bearer s3cret");
+        let unusable: Vec<(&str, String)> = first
+            .unusable()
+            .into_iter()
+            .map(|(n, r)| (n, r.to_string()))
+            .collect();
         assert_eq!(
-            first.unusable(),
+            unusable,
             vec![(
                 "down",
                 "it is not ready (InvalidBaseURL); see kubectl describe httpendpoint down -n shop"
+                    .to_owned()
             )]
         );
         // The same material: the same endpoint, client and all.
@@ -637,7 +644,7 @@ mod tests {
         assert!(gone.get("ext").is_none());
         assert!(matches!(
             gone.find("ext"),
-            Some(crate::endpoints::Found::Unusable(r)) if r.contains("does not exist")
+            Some(crate::endpoints::Found::Unusable(r)) if r.to_string().contains("does not exist")
         ));
     }
 

@@ -19,7 +19,7 @@ use ferry_api::{RoutingTable, RoutingTableSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{ResourceExt, runtime::watcher::Event};
 
-use crate::balance::Instances;
+use crate::outbound::balance::Instances;
 
 /// The one RoutingTable of a namespace (written by ferry-operator) is called this.
 pub const TABLE_NAME: &str = "ferry";
@@ -271,7 +271,7 @@ impl Snapshot {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::balance::InFlight;
+    use crate::outbound::balance::InFlight;
     use serde_json::json;
 
     pub(crate) fn table(apps: &[&str]) -> RoutingTable {

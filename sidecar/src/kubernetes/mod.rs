@@ -42,11 +42,11 @@ pub enum ClientError {
 pub async fn connect() -> Result<ApiClient, ClientError> {
     let config = kube::Config::infer()
         .await
-        .map_err(|e| ClientError::Infer(crate::proxy::chain(&e)))?;
+        .map_err(|e| ClientError::Infer(crate::invoke::error::chain(&e)))?;
     let url = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|e| ClientError::Build {
         url: url.clone(),
-        reason: crate::proxy::chain(&e),
+        reason: crate::invoke::error::chain(&e),
     })?;
     Ok(ApiClient { client, url })
 }

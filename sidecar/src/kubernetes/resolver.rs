@@ -19,10 +19,13 @@ use kube::Client;
 
 use super::{
     ApiClient,
-    index::{INTERNAL_PORT_NAME, Lookup, Snapshot, TABLE_NAME},
+    index::{Lookup, Snapshot},
     watch::{NamespaceWatch, SyncState},
 };
-use crate::{balance::Instances, proxy::Resolve};
+use crate::{
+    invoke::{ResolveError, error::Listed},
+    outbound::{balance::Instances, resolve::Resolve},
+};
 
 /// A namespace without calls for this long stops being watched (the caller's own never does).
 pub const IDLE_NAMESPACE: Duration = Duration::from_secs(600);
@@ -77,21 +80,24 @@ impl KubeResolver {
     }
 
     /// The watches of `ns`, started on first use.
-    pub fn watch(&self, ns: &Namespace) -> Result<Arc<NamespaceWatch>, String> {
+    pub fn watch(&self, ns: &Namespace) -> Result<Arc<NamespaceWatch>, ResolveError> {
         if let Some(w) = self.namespaces.load().get(ns) {
             return Ok(w.clone());
         }
-        let api = self.api.as_ref().map_err(Clone::clone)?;
+        let api = self
+            .api
+            .as_ref()
+            .map_err(|e| ResolveError::NoApi(e.clone()))?;
         let _g = self.starting.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.namespaces.load_full();
         if let Some(w) = current.get(ns) {
             return Ok(w.clone());
         }
         if current.len() >= MAX_NAMESPACES {
-            return Err(format!(
-                "this sidecar already watches {MAX_NAMESPACES} namespaces; a namespace is let go after {} minutes without calls",
-                IDLE_NAMESPACE.as_secs() / 60
-            ));
+            return Err(ResolveError::TooManyNamespaces {
+                max: MAX_NAMESPACES,
+                idle_minutes: IDLE_NAMESPACE.as_secs() / 60,
+            });
         }
         let w = Arc::new(NamespaceWatch::start(&api.client, ns.clone(), self.epoch));
         let mut next = (*current).clone();
@@ -104,7 +110,7 @@ impl KubeResolver {
     /// `/v1.0/healthz/outbound`: whether the own namespace's watches are synced and connected,
     /// else what is not.
     pub fn outbound(&self) -> Result<(), String> {
-        let own = self.watch(&self.own)?;
+        let own = self.watch(&self.own).map_err(|e| e.to_string())?;
         let state = own.state();
         match state.borrow().problem(self.own.as_str()) {
             None => Ok(()),
@@ -156,7 +162,7 @@ impl Resolve for KubeResolver {
         ns: &Namespace,
         // A namespace is always exact in kubernetes mode: `app` means the caller's.
         _explicit: bool,
-    ) -> Result<Arc<Instances>, String> {
+    ) -> Result<Arc<Instances>, ResolveError> {
         let w = self.watch(ns)?;
         w.touch();
         let own = (*ns == self.own).then_some(&self.app_id);
@@ -178,11 +184,12 @@ impl Resolve for KubeResolver {
             .borrow()
             .problem(ns.as_str())
             .unwrap_or_else(|| "not synced".to_owned());
-        Err(format!(
-            "the Kubernetes API at {} has not listed namespace '{ns}' within {}s of the first call to it: {problem}",
-            self.api_url(),
-            self.sync_timeout.as_secs_f32()
-        ))
+        Err(ResolveError::NotListed {
+            api: self.api_url().to_owned(),
+            namespace: ns.clone(),
+            within: self.sync_timeout,
+            problem,
+        })
     }
 
     async fn unreachable(&self) {
@@ -198,7 +205,7 @@ pub fn answer(
     app: &AppId,
     ns: &Namespace,
     caller: Option<&AppId>,
-) -> Option<Result<Arc<Instances>, String>> {
+) -> Option<Result<Arc<Instances>, ResolveError>> {
     // The proxy asks for an app only when no HTTPEndpoint of that name is loaded; one the table
     // lists is still being loaded (its Secrets read), and must not be shadowed by an app.
     if let Some(caller) = caller
@@ -208,30 +215,28 @@ pub fn answer(
             .iter()
             .any(|e| e.name == app.as_str() && e.in_scope(caller.as_str()))
     {
-        return Some(Err(format!(
-            "HTTPEndpoint '{app}' of namespace '{ns}' is still being loaded (its Secrets are being read); try again"
-        )));
+        return Some(Err(ResolveError::EndpointLoading {
+            app: app.clone(),
+            namespace: ns.clone(),
+        }));
     }
     Some(match snapshot.lookup(app.as_str()) {
         Lookup::NotSynced => return None,
         Lookup::Found(instances) => Ok(instances),
-        Lookup::NoTable => Err(format!(
-            "app '{app}' not found in namespace '{ns}': the namespace has no RoutingTable '{TABLE_NAME}' (no app there runs with a sidecar, or ferry-operator is not running)"
-        )),
-        Lookup::UnknownApp => {
-            let ids = snapshot.app_ids();
-            let listed = match ids.len() {
-                0 => "it lists no app".to_owned(),
-                n if n <= 10 => format!("it lists {}", ids.join(", ")),
-                n => format!("it lists {} and {} more", ids[..10].join(", "), n - 10),
-            };
-            Err(format!(
-                "app '{app}' not found in namespace '{ns}': the RoutingTable '{TABLE_NAME}' has no such app ({listed})"
-            ))
-        }
-        Lookup::NoReadyInstance { service } => Err(format!(
-            "app '{app}' in namespace '{ns}' has no ready instance: Service {service} has no ready endpoint with a port named {INTERNAL_PORT_NAME}"
-        )),
+        Lookup::NoTable => Err(ResolveError::NoTable {
+            app: app.clone(),
+            namespace: ns.clone(),
+        }),
+        Lookup::UnknownApp => Err(ResolveError::UnknownApp {
+            app: app.clone(),
+            namespace: ns.clone(),
+            listed: Listed::of(&snapshot.app_ids()),
+        }),
+        Lookup::NoReadyInstance { service } => Err(ResolveError::NoReadyInstance {
+            app: app.clone(),
+            namespace: ns.clone(),
+            service: service.to_string(),
+        }),
     })
 }
 
@@ -239,7 +244,7 @@ pub fn answer(
 mod tests {
     use super::*;
     use crate::kubernetes::index::{
-        NamespaceIndex,
+        INTERNAL_PORT_NAME, NamespaceIndex,
         tests::{slice, table},
     };
     use kube::runtime::watcher::Event;
@@ -265,7 +270,7 @@ mod tests {
     fn err(s: &Snapshot, app: &str) -> String {
         let app = AppId::new(app).unwrap();
         let ns = Namespace::new("shop").unwrap();
-        answer(s, &app, &ns, None).unwrap().unwrap_err()
+        answer(s, &app, &ns, None).unwrap().unwrap_err().to_string()
     }
 
     #[test]
@@ -322,7 +327,10 @@ mod tests {
         let s = ix.snapshot(&Snapshot::default());
         let app = AppId::new("cart").unwrap();
         let ns = Namespace::new("shop").unwrap();
-        let e = answer(&s, &app, &ns, Some(&caller())).unwrap().unwrap_err();
+        let e = answer(&s, &app, &ns, Some(&caller()))
+            .unwrap()
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("HTTPEndpoint 'cart' of namespace 'shop' is still being loaded"),
             "{e}"
@@ -421,7 +429,8 @@ mod tests {
                 true,
             )
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(started.elapsed() < Duration::from_secs(1));
         assert!(e.contains("no Kubernetes API configuration"), "{e}");
         assert!(r.outbound().unwrap_err().contains("no Kubernetes API"));

@@ -34,7 +34,7 @@ use tokio::{
 };
 
 use super::index::{NamespaceIndex, Snapshot, TABLE_NAME};
-use crate::proxy::chain;
+use crate::invoke::error::chain;
 
 /// The labels ferry-operator puts on every app Service (`<app>-dapr`); the EndpointSlice
 /// controller copies a Service's labels onto its slices, so one selected watch per namespace

@@ -1,4 +1,4 @@
-//! Connections to peer sidecars.
+//! Connections to peer sidecars, over an injected [`Connect`]or.
 //!
 //! A call whose body is already in memory (none, or a declared length up to 64 KiB, read whole
 //! by `body::outgoing`) goes over a pooled HTTP/1.1 keep-alive connection, one request at a
@@ -66,22 +66,55 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 pub(crate) const H2_STREAM_WINDOW: u32 = 1 << 20;
 pub(crate) const H2_CONNECTION_WINDOW: u32 = 4 << 20;
 
-/// Connections per peer address. Requests find their peer's slot without locking (a snapshot
-/// swap); the slot's short lock covers taking or returning one idle connection.
-#[derive(Default)]
-pub struct PeerPool {
-    inner: Arc<Inner>,
+/// How a sidecar reaches a peer's internal port: the connector, injected (TCP here; mTLS once
+/// identity lands; an in-memory pipe in tests).
+pub trait Connect: Clone + Send + Sync + 'static {
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
-#[derive(Default)]
-struct Inner {
-    slots: ArcSwap<HashMap<SocketAddr, Arc<PeerSlot>>>,
+/// Plain TCP (with `TCP_NODELAY`), within [`CONNECT_TIMEOUT`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpConnect;
+
+impl Connect for TcpConnect {
+    type Io = TokioIo<tokio::net::TcpStream>;
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Self::Io> {
+        connect_tcp(addr).await
+    }
+}
+
+/// Connections per peer address. Requests find their peer's slot without locking (a snapshot
+/// swap); the slot's short lock covers taking or returning one idle connection.
+pub struct PeerPool<C = TcpConnect> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for PeerPool<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl Default for PeerPool<TcpConnect> {
+    fn default() -> Self {
+        Self::new(TcpConnect)
+    }
+}
+
+struct Inner<C> {
+    connect: C,
+    slots: ArcSwap<HashMap<SocketAddr, Arc<PeerSlot<C>>>>,
     insert: Mutex<()>,
     /// The reaper runs from the first peer on, once per pool.
     reaping: AtomicBool,
 }
 
-struct PeerSlot {
+struct PeerSlot<C> {
+    connect: C,
     addr: SocketAddr,
     /// `Host` (HTTP/1.1) and `:authority` (HTTP/2) for requests to this peer, made once.
     host: HeaderValue,
@@ -98,10 +131,21 @@ struct Idle {
     since: Instant,
 }
 
-impl PeerPool {
+impl<C: Connect> PeerPool<C> {
+    pub fn new(connect: C) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                connect,
+                slots: ArcSwap::default(),
+                insert: Mutex::new(()),
+                reaping: AtomicBool::new(false),
+            }),
+        }
+    }
+
     /// A connection to `addr` for one request: HTTP/2 when the body is `streamed`, else an
     /// idle HTTP/1.1 connection when there is one, or a new one.
-    pub async fn checkout(&self, addr: SocketAddr, streamed: bool) -> io::Result<PeerConn> {
+    pub async fn checkout(&self, addr: SocketAddr, streamed: bool) -> io::Result<PeerConn<C>> {
         let slot = self.slot(addr);
         let sender = if streamed {
             Sender::Http2(slot.http2().await?)
@@ -112,7 +156,7 @@ impl PeerPool {
             }
         } else {
             Sender::Http1 {
-                sender: connect_http1(addr).await?,
+                sender: connect_http1(&slot.connect, addr).await?,
                 reused: false,
             }
         };
@@ -128,7 +172,7 @@ impl PeerPool {
         }
     }
 
-    fn slot(&self, addr: SocketAddr) -> Arc<PeerSlot> {
+    fn slot(&self, addr: SocketAddr) -> Arc<PeerSlot<C>> {
         if let Some(s) = self.inner.slots.load().get(&addr) {
             return s.clone();
         }
@@ -144,6 +188,7 @@ impl PeerPool {
         let text = addr.to_string();
         let mut next = (*current).clone();
         let slot = Arc::new(PeerSlot {
+            connect: self.inner.connect.clone(),
             addr,
             host: HeaderValue::from_str(&text).expect("a socket address is a valid header value"),
             authority: text.parse().expect("a socket address is a valid authority"),
@@ -159,7 +204,7 @@ impl PeerPool {
 
 /// Closes idle connections unused for [`IDLE_TIMEOUT`] and forgets peers with none left,
 /// until the pool is dropped.
-async fn reap(inner: Weak<Inner>) {
+async fn reap<C: Connect>(inner: Weak<Inner<C>>) {
     let mut tick = tokio::time::interval(REAP_EVERY);
     tick.tick().await;
     loop {
@@ -192,7 +237,7 @@ async fn reap(inner: Weak<Inner>) {
     }
 }
 
-impl PeerSlot {
+impl<C: Connect> PeerSlot<C> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -229,7 +274,7 @@ impl PeerSlot {
         if let Some(s) = live(&self.h2) {
             return Ok(s);
         }
-        let sender = connect_http2(self.addr).await?;
+        let sender = connect_http2(&self.connect, self.addr).await?;
         self.h2.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
@@ -279,12 +324,12 @@ impl Replay {
 }
 
 /// A connection to a peer, checked out for one request.
-pub struct PeerConn {
+pub struct PeerConn<C = TcpConnect> {
     sender: Sender,
-    slot: Arc<PeerSlot>,
+    slot: Arc<PeerSlot<C>>,
 }
 
-impl PeerConn {
+impl<C: Connect> PeerConn<C> {
     /// Whether this is a kept-alive HTTP/1.1 connection that served an earlier request (only
     /// such a request may need a [`Replay`]).
     pub fn reused(&self) -> bool {
@@ -318,7 +363,7 @@ impl PeerConn {
                             return Err(e.into());
                         };
                         let error = e.into_error();
-                        let Ok(mut fresh) = connect_http1(slot.addr).await else {
+                        let Ok(mut fresh) = connect_http1(&slot.connect, slot.addr).await else {
                             // The peer is gone (a sidecar shutting down closes its idle
                             // connections and its listener): the idempotent request may go
                             // to another instance.
@@ -386,7 +431,7 @@ impl From<TrySendError<Request<Body>>> for SendError {
 
 /// Origin form (a request handed back by an HTTP/2 attempt has an absolute URI), HTTP/1.1,
 /// and the peer's address as `Host`.
-fn for_http1(req: &mut Request<Body>, slot: &PeerSlot) {
+fn for_http1<C>(req: &mut Request<Body>, slot: &PeerSlot<C>) {
     if req.uri().scheme().is_some() {
         let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
         *req.uri_mut() = Uri::try_from(origin).expect("a valid path stays valid");
@@ -395,7 +440,7 @@ fn for_http1(req: &mut Request<Body>, slot: &PeerSlot) {
     req.headers_mut().insert(HOST, slot.host.clone());
 }
 
-impl PeerSlot {
+impl<C: Connect> PeerSlot<C> {
     /// Puts `sender` back in the idle list once its connection is free again: when the
     /// response body has been read to its end (from a task of its own).
     fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<Body>) {
@@ -430,16 +475,22 @@ fn drive(addr: SocketAddr, conn: impl Future<Output = hyper::Result<()>> + Send 
     });
 }
 
-async fn connect_http1(addr: SocketAddr) -> io::Result<http1::SendRequest<Body>> {
+async fn connect_http1<C: Connect>(
+    connect: &C,
+    addr: SocketAddr,
+) -> io::Result<http1::SendRequest<Body>> {
     let (sender, conn) = http1::Builder::new()
-        .handshake(connect_tcp(addr).await?)
+        .handshake(connect.connect(addr).await?)
         .await
         .map_err(io::Error::other)?;
     drive(addr, conn);
     Ok(sender)
 }
 
-async fn connect_http2(addr: SocketAddr) -> io::Result<http2::SendRequest<Body>> {
+async fn connect_http2<C: Connect>(
+    connect: &C,
+    addr: SocketAddr,
+) -> io::Result<http2::SendRequest<Body>> {
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(10))
@@ -447,7 +498,7 @@ async fn connect_http2(addr: SocketAddr) -> io::Result<http2::SendRequest<Body>>
         .keep_alive_while_idle(true)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .handshake(connect_tcp(addr).await?)
+        .handshake(connect.connect(addr).await?)
         .await
         .map_err(io::Error::other)?;
     drive(addr, conn);

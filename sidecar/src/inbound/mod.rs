@@ -1,0 +1,99 @@
+//! The callee's stack: a peer sidecar's request for this sidecar's app, on the internal port.
+//!
+//! ```text
+//! errors → callee → metrics → normalize → app: health gate → concurrency limit → app channel
+//! ```
+//!
+//! - [`Errors`] turns this sidecar's failures into responses for the calling sidecar, marked
+//!   `ferry-error` so it can tell them from the app's (the one place: `InvokeError`).
+//! - [`callee::CheckCallee`]: the request is meant for this app.
+//! - [`metrics::Record`]: requests received, responses sent.
+//! - [`normalize::Normalize`]: canonical method, body limit, header rules, trace.
+//! - [`app`]: the health gate, the concurrency limit and the app channel, shared with the
+//!   caller's stack (self-invocation).
+//!
+//! Where the coming features go: mTLS terminates in `server.rs`'s accept loop and hands the
+//! verified peer identity to this stack in the request's extensions; access control is a layer
+//! between `normalize` and `app` (it needs the verified caller and the normalized method);
+//! `APP_API_TOKEN` is set by the app channel; spans open in a layer next to `metrics`; a gRPC
+//! app is another kind of app channel.
+
+pub mod app;
+pub mod callee;
+pub mod metrics;
+pub mod normalize;
+
+use std::{convert::Infallible, sync::Arc, task::Poll};
+
+use bytes::Bytes;
+use ferry_api::{AppId, Namespace};
+use http::{HeaderValue, Request, Response};
+use http_body::Body as HttpBody;
+use tower::Service;
+
+use crate::{
+    body::{Body, BoxError},
+    invoke::{Cause, InvokeError},
+    metrics::Metrics,
+    upstream::BoxFuture,
+};
+
+/// The callee's stack, assembled.
+pub type Inbound = Errors<callee::CheckCallee<metrics::Record<normalize::Normalize<app::Deliver>>>>;
+
+/// Builds the callee's stack of `app_id` in `namespace` over its app (`None`: no app port).
+pub fn stack(
+    app_id: &AppId,
+    namespace: &Namespace,
+    max_body: u64,
+    metrics: Option<Arc<Metrics>>,
+    app: Option<app::App>,
+) -> Inbound {
+    let own = HeaderValue::from_str(&format!("{app_id}.{namespace}"))
+        .expect("validated IDs are valid header values");
+    Errors::new(callee::CheckCallee::new(
+        own,
+        metrics::Record::new(
+            metrics,
+            normalize::Normalize::new(max_body, app::Deliver::new(app)),
+        ),
+    ))
+}
+
+/// Answers this sidecar's own failures for the calling sidecar.
+#[derive(Debug, Clone)]
+pub struct Errors<S> {
+    inner: S,
+}
+
+impl<S> Errors<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Errors<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Cause>,
+    S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            Ok(answer.await.unwrap_or_else(|cause| {
+                tracing::debug!(kind = cause.kind().as_str(), error = %cause, "inbound request failed");
+                InvokeError::callee(cause).into_response()
+            }))
+        })
+    }
+}
