@@ -21,8 +21,12 @@ use k8s_openapi::{
 };
 use kube::{
     Client, Resource,
-    runtime::reflector::{ObjectRef, Store},
+    runtime::{
+        controller::Action,
+        reflector::{ObjectRef, Store},
+    },
 };
+use tracing::warn;
 
 use crate::{
     metrics::{ControllerName, Metrics},
@@ -93,6 +97,52 @@ impl<S> Context<S> {
             backoff: Backoff::default(),
             state,
         }
+    }
+}
+
+impl<S> Context<S> {
+    /// What every controller does after a failed reconcile of `key`: counts the failure by its
+    /// reason, logs it, and says when to try again (the key's next backoff).
+    pub fn retry_in(
+        &self,
+        controller: ControllerName,
+        key: &str,
+        error: &impl ReconcileError,
+    ) -> Duration {
+        self.metrics.error(controller, error.metric_label());
+        let delay = self.backoff.next(controller, key);
+        warn!(key, %error, retry_in = ?delay, "{}", controller.subject());
+        delay
+    }
+}
+
+/// A controller's reconcile error: one variant per failing step.
+pub trait ReconcileError: std::error::Error {
+    /// The step that failed, as the fixed `reason` label of
+    /// `ferry_operator_reconcile_errors_total`.
+    fn metric_label(&self) -> &'static str;
+}
+
+/// The `error_policy` of every kube-runtime controller here: [`Context::retry_in`] for the
+/// object's key ([`backoff_key`]), then requeue it.
+pub fn error_policy<K, E, S>(
+    controller: ControllerName,
+) -> impl Fn(Arc<K>, &E, Arc<Context<S>>) -> Action
+where
+    K: Resource,
+    E: ReconcileError,
+{
+    move |obj, error, ctx| Action::requeue(ctx.retry_in(controller, &backoff_key(&*obj), error))
+}
+
+/// What a backoff is kept by: `namespace/name`, or the name of a cluster-scoped object (a
+/// namespace, for the namespace-keyed controllers).
+pub fn backoff_key<K: Resource>(obj: &K) -> String {
+    let meta = obj.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    match &meta.namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
     }
 }
 

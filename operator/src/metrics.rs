@@ -42,6 +42,17 @@ impl ControllerName {
             Self::SidecarSecrets => "sidecar_secrets",
         }
     }
+
+    /// What the controller keeps, as its log lines name it.
+    pub fn subject(self) -> &'static str {
+        match self {
+            Self::AppService => "app Services",
+            Self::HttpEndpoint => "HTTPEndpoint",
+            Self::RoutingTable => "RoutingTable",
+            Self::SidecarClusterBinding => "sidecar ClusterRoleBinding",
+            Self::SidecarSecrets => "sidecar Secrets Role",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -52,7 +63,7 @@ pub struct ControllerLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub controller: ControllerName,
-    /// A fixed, per-variant label (`Error::metric_label`).
+    /// A fixed, per-variant label (`ReconcileError::metric_label`).
     pub reason: &'static str,
 }
 

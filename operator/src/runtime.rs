@@ -34,7 +34,7 @@ use crate::{
     REPORTER,
     admin::Health,
     apps::LABEL_APP_ID,
-    context::{Context, Stores},
+    context::{Context, Stores, error_policy},
     endpoints,
     metrics::{ControllerName, Metrics},
     reports::Reporter,
@@ -372,21 +372,33 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings
             health.set_caches_synced(true);
         };
         let svc_run = svc_ctrl
-            .run(services::reconcile, services::error_policy, svc_ctx)
+            .run(
+                services::reconcile,
+                error_policy(services::CONTROLLER),
+                svc_ctx,
+            )
             .for_each(log_result);
         let rt_run = rt_ctrl
-            .run(routing::reconcile, routing::error_policy, rt_ctx)
+            .run(
+                routing::reconcile,
+                error_policy(routing::CONTROLLER),
+                rt_ctx,
+            )
             .for_each(log_result);
         let rbac_run = rbac_ctrl
             .run(
                 sidecar_rbac::reconcile,
-                sidecar_rbac::error_policy,
+                error_policy(sidecar_rbac::SECRETS),
                 rbac_ctx.clone(),
             )
             .for_each(log_result);
         let binding_run = sidecar_rbac::run_cluster_binding(rbac_ctx, wake_binding);
         let ep_run = ep_ctrl
-            .run(endpoints::reconcile, endpoints::error_policy, ep_ctx)
+            .run(
+                endpoints::reconcile,
+                error_policy(endpoints::CONTROLLER),
+                ep_ctx,
+            )
             .for_each(log_result);
         future::join3(
             synced,

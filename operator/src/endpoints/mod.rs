@@ -23,14 +23,14 @@ use tracing::{Span, field, info, instrument};
 
 use crate::{
     FIELD_MANAGER,
-    context::{Context, RESYNC},
+    context::{Context, RESYNC, ReconcileError, backoff_key},
     metrics::ControllerName,
     reports::{Report, Reporter, clip_note},
 };
 
 pub use validate::{Reason, Verdict, validate};
 
-const CONTROLLER: ControllerName = ControllerName::HttpEndpoint;
+pub const CONTROLLER: ControllerName = ControllerName::HttpEndpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,8 +45,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::NoNamespace => "no_namespace",
             Self::Status { .. } => "status",
@@ -118,8 +118,7 @@ pub async fn reconcile(ep: Arc<HttpEndpoint>, ctx: Arc<Context<State>>) -> Resul
     let verdict = validate(&ep);
     let generation = ep.metadata.generation;
     if status_current(ep.status.as_ref(), &verdict, generation) {
-        ctx.backoff
-            .reset(CONTROLLER, &format!("{namespace}/{name}"));
+        ctx.backoff.reset(CONTROLLER, &backoff_key(&*ep));
         return Ok(Action::requeue(RESYNC));
     }
     let previous = ep
@@ -163,17 +162,8 @@ pub async fn reconcile(ep: Arc<HttpEndpoint>, ctx: Arc<Context<State>>) -> Resul
         };
         ctx.state.reporter.publish(report, &ctx.metrics).await;
     }
-    ctx.backoff
-        .reset(CONTROLLER, &format!("{namespace}/{name}"));
+    ctx.backoff.reset(CONTROLLER, &backoff_key(&*ep));
     Ok(Action::requeue(RESYNC))
-}
-
-pub fn error_policy(ep: Arc<HttpEndpoint>, error: &Error, ctx: Arc<Context<State>>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.metric_label());
-    let key = format!("{}/{}", ep.namespace().unwrap_or_default(), ep.name_any());
-    let delay = ctx.backoff.next(CONTROLLER, &key);
-    tracing::warn!(endpoint = %key, %error, retry_in = ?delay, "HTTPEndpoint");
-    Action::requeue(delay)
 }
 
 #[cfg(test)]

@@ -28,14 +28,14 @@ use tracing::{Span, debug, field, info, instrument};
 
 use crate::{
     FIELD_MANAGER, apps,
-    context::{Context, RESYNC, Stores},
+    context::{Context, RESYNC, ReconcileError, Stores},
     metrics::ControllerName,
     services::desired::LABEL_MANAGED_BY,
 };
 
 pub use desired::{TABLE_NAME, Table};
 
-const CONTROLLER: ControllerName = ControllerName::RoutingTable;
+pub const CONTROLLER: ControllerName = ControllerName::RoutingTable;
 
 /// The condition that says whether every app has its Service (no name clash).
 pub const CONDITION_APP_SERVICES: &str = "AppServices";
@@ -62,8 +62,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::Apply { .. } => "apply",
             Self::Status { .. } => "status",
@@ -305,13 +305,6 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, 
     })?;
     ctx.backoff.reset(CONTROLLER, &namespace);
     Ok(Action::requeue(RESYNC))
-}
-
-pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.metric_label());
-    let delay = ctx.backoff.next(CONTROLLER, &ns.name_any());
-    tracing::warn!(namespace = %ns.name_any(), %error, retry_in = ?delay, "RoutingTable");
-    Action::requeue(delay)
 }
 
 #[cfg(test)]

@@ -33,12 +33,12 @@ use tracing::{Span, debug, field, info, instrument};
 
 use crate::{
     FIELD_MANAGER, apps,
-    context::{Context, RESYNC, owner_reference},
+    context::{Context, RESYNC, ReconcileError, owner_reference},
     metrics::ControllerName,
     reports::{Report, Reporter},
 };
 
-const CONTROLLER: ControllerName = ControllerName::AppService;
+pub const CONTROLLER: ControllerName = ControllerName::AppService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,8 +58,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::Apply { .. } => "apply",
             Self::Delete { .. } => "delete",
@@ -281,13 +281,6 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context<State>>) -> Result<A
             Ok(Action::requeue(plan.requeue))
         }
     }
-}
-
-pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context<State>>) -> Action {
-    ctx.metrics.error(CONTROLLER, error.metric_label());
-    let delay = ctx.backoff.next(CONTROLLER, &ns.name_any());
-    tracing::warn!(namespace = %ns.name_any(), %error, retry_in = ?delay, "app Services");
-    Action::requeue(delay)
 }
 
 #[cfg(test)]

@@ -30,18 +30,18 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::Notify;
-use tracing::{Span, debug, field, info, instrument, warn};
+use tracing::{Span, debug, field, info, instrument};
 
 use crate::{
     FIELD_MANAGER,
-    context::{Context, RESYNC, Stores, owner_reference},
+    context::{Context, RESYNC, ReconcileError, Stores, owner_reference},
     metrics::ControllerName,
 };
 
 pub use desired::{Names, NamespaceGrant, Step};
 
-const CLUSTER: ControllerName = ControllerName::SidecarClusterBinding;
-const SECRETS: ControllerName = ControllerName::SidecarSecrets;
+pub const CLUSTER: ControllerName = ControllerName::SidecarClusterBinding;
+pub const SECRETS: ControllerName = ControllerName::SidecarSecrets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,8 +62,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::Apply { .. } => "apply",
             Self::Delete { .. } => "delete",
@@ -229,12 +229,7 @@ pub async fn run_cluster_binding(ctx: Arc<Context<State>>, wake: Arc<Notify>) {
                     () = tokio::time::sleep(RESYNC) => {}
                 }
             }
-            Err(error) => {
-                ctx.metrics.error(CLUSTER, error.metric_label());
-                let delay = ctx.backoff.next(CLUSTER, &key);
-                warn!(%error, retry_in = ?delay, "sidecar ClusterRoleBinding");
-                tokio::time::sleep(delay).await;
-            }
+            Err(error) => tokio::time::sleep(ctx.retry_in(CLUSTER, &key, &error)).await,
         }
     }
 }
@@ -292,13 +287,6 @@ pub async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Context<State>>) -> Result<A
     }
     ctx.backoff.reset(SECRETS, &namespace);
     Ok(Action::requeue(RESYNC))
-}
-
-pub fn error_policy(ns: Arc<Namespace>, error: &Error, ctx: Arc<Context<State>>) -> Action {
-    ctx.metrics.error(SECRETS, error.metric_label());
-    let delay = ctx.backoff.next(SECRETS, &ns.name_any());
-    warn!(namespace = %ns.name_any(), %error, retry_in = ?delay, "sidecar Secrets Role");
-    Action::requeue(delay)
 }
 
 #[cfg(test)]
