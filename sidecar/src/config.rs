@@ -356,6 +356,20 @@ pub enum ConfigError {
 pub const DEFAULT_MAX_BODY: u64 = 4 << 20;
 
 impl SidecarArgs {
+    /// Parses a command line (its first item is the program), as `ferryd` does.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            sidecar: SidecarArgs,
+        }
+        <Cli as clap::Parser>::try_parse_from(args).map(|c| c.sidecar)
+    }
+
     pub fn effective_app_protocol(&self) -> AppProtocol {
         if self.app_ssl && self.app_protocol == AppProtocol::Http {
             AppProtocol::Https
