@@ -10,8 +10,9 @@
 //!
 //! Decisions are pure functions (`services::desired`, `endpoints::validate`,
 //! `routing::desired`, `sidecar_rbac::desired`); the reconcilers around them only read caches
-//! and write by server-side apply. Only the holder of the [`lease`] runs the controllers
-//! ([`runtime`]).
+//! and write by server-side apply. What a reconcile is given (client, caches, metrics, backoff
+//! and its controller's own state) is a [`context::Context`]. Only the holder of the [`lease`]
+//! runs the controllers ([`runtime`]).
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -1,45 +1,49 @@
-//! What the leader runs: the caches (reflectors) and the three controllers over them.
+//! What the leader runs: the caches (reflectors) and the controllers over them.
 //!
-//! The namespace-keyed controllers (app Services, RoutingTables) are triggered from our own
-//! reflectors rather than from separate watches: a reflector first updates its cache and only
-//! then sends the object's namespace to the controllers, so a reconcile never reads a cache that
-//! has not yet seen the change that triggered it. A re-list (after a dropped watch) triggers every
-//! namespace, since deletions missed meanwhile carry no namespace. Each reflector triggers only
-//! the controllers that read its cache; the sidecar ClusterRoleBinding, which has no namespace,
-//! is woken instead.
+//! The namespace-keyed controllers (app Services, RoutingTables, sidecar Secrets Roles) are
+//! triggered from our own reflectors rather than from separate watches: a reflector first updates
+//! its cache and only then sends the object's namespace to the controllers, so a reconcile never
+//! reads a cache that has not yet seen the change that triggered it. A re-list (after a dropped
+//! watch) triggers every namespace, since deletions missed meanwhile carry no namespace. Each
+//! reflector triggers only the controllers that read its cache; the sidecar ClusterRoleBinding,
+//! which has no namespace, is woken instead.
+//!
+//! [`run`] is three steps: start the caches (`caches`, which trigger through `triggers`), and
+//! once they have listed, build the controllers over them (`Controllers::new`) and run them
+//! (`Controllers::run`), each with its own [`Context`].
+
+mod caches;
+mod triggers;
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
-use ferry_api::{http_endpoint::HttpEndpoint, routing_table::RoutingTable};
-use futures_util::{Stream, StreamExt, future};
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, PodSpec, PodStatus, Service},
-    rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
-};
+use ferry_api::http_endpoint::HttpEndpoint;
+use futures_util::{StreamExt, future};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, Resource,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::{self, Action},
         events::{Recorder, Reporter as EventReporter},
-        reflector::{self, ObjectRef},
+        reflector::ObjectRef,
         watcher,
     },
 };
-use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::{
     REPORTER,
     admin::Health,
-    apps::LABEL_APP_ID,
     context::{Context, Stores, error_policy},
     endpoints,
     metrics::{ControllerName, Metrics},
     reports::Reporter,
     routing, services, sidecar_rbac,
 };
+use caches::Inputs;
+use triggers::NsInput;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -49,316 +53,124 @@ pub struct Settings {
     pub sidecar_names: sidecar_rbac::Names,
 }
 
-/// One namespace-keyed controller's inputs: a namespace to reconcile, or all of them.
-#[derive(Clone)]
-struct NsTrigger {
-    namespace: mpsc::UnboundedSender<ObjectRef<Namespace>>,
-    relist: mpsc::UnboundedSender<()>,
-}
-
-/// Fans a change out to the controllers that read the cache it changed.
-#[derive(Clone, Default)]
-struct Triggers {
-    namespaced: Vec<NsTrigger>,
-    /// Controllers without a namespace: woken on every change (wake-ups coalesce).
-    wake: Vec<Arc<Notify>>,
-}
-
-impl Triggers {
-    fn new(namespaced: &[&NsTrigger], wake: &[&Arc<Notify>]) -> Self {
-        Self {
-            namespaced: namespaced.iter().map(|t| (*t).clone()).collect(),
-            wake: wake.iter().map(|w| Arc::clone(w)).collect(),
-        }
-    }
-
-    fn changed(&self, ns: Option<String>) {
-        if let Some(ns) = ns {
-            for t in &self.namespaced {
-                let _ = t.namespace.send(ObjectRef::new(&ns));
-            }
-        }
-        self.wake();
-    }
-
-    fn relist(&self) {
-        for t in &self.namespaced {
-            let _ = t.relist.send(());
-        }
-        self.wake();
-    }
-
-    fn wake(&self) {
-        for w in &self.wake {
-            w.notify_one();
-        }
-    }
-}
-
-/// A namespace-keyed controller's trigger and the streams it is fed by.
-fn ns_trigger() -> (
-    NsTrigger,
-    impl Stream<Item = ObjectRef<Namespace>> + Send,
-    impl Stream<Item = ()> + Send,
-) {
-    let (namespace, ns_rx) = mpsc::unbounded_channel();
-    let (relist, relist_rx) = mpsc::unbounded_channel();
-    (
-        NsTrigger { namespace, relist },
-        receiver_stream(ns_rx),
-        receiver_stream(relist_rx),
-    )
-}
-
-fn receiver_stream<T: Send + 'static>(
-    rx: mpsc::UnboundedReceiver<T>,
-) -> impl Stream<Item = T> + Send {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
-}
-
-/// Runs a reflector for `K` into `writer`, triggering the namespace of every change.
-async fn reflect<K>(
-    kind: &'static str,
-    api: Api<K>,
-    config: watcher::Config,
-    writer: reflector::store::Writer<K>,
-    strip: fn(&mut K),
-    triggers: Triggers,
-) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let stream = watcher(api, config).default_backoff().modify(strip);
-    reflector::reflector(writer, stream)
-        .for_each(|event| {
-            match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
-                    triggers.changed(o.namespace());
-                }
-                Ok(watcher::Event::InitDone) => {
-                    debug!(kind, "cache (re)listed");
-                    triggers.relist();
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Err(e) => warn!(kind, error = %e, "watch failed; retrying"),
-            }
-            future::ready(())
-        })
-        .await;
-}
-
-fn strip_pod(pod: &mut Pod) {
-    // The sidecar RBAC needs the ServiceAccount the pod runs as; nothing else of the spec.
-    let account = pod.spec.take().and_then(|s| s.service_account_name);
-    pod.spec = account.map(|a| PodSpec {
-        service_account_name: Some(a),
-        ..PodSpec::default()
-    });
-    pod.metadata.managed_fields = None;
-    let phase = pod.status.take().and_then(|s| s.phase);
-    pod.status = phase.map(|phase| PodStatus {
-        phase: Some(phase),
-        ..PodStatus::default()
-    });
-}
-
-fn strip_service(svc: &mut Service) {
-    svc.metadata.managed_fields = None;
-    svc.status = None;
-}
-
-fn strip_endpoint(ep: &mut HttpEndpoint) {
-    ep.metadata.managed_fields = None;
-}
-
-fn strip_table(rt: &mut RoutingTable) {
-    rt.metadata.managed_fields = None;
-}
-
-fn strip_meta<K: Resource>(o: &mut K) {
-    o.meta_mut().managed_fields = None;
-}
-
-/// Only the objects of one name, wherever they are: the operator may list and watch no other
-/// (RBAC limits it by `resourceNames`, which a `metadata.name` field selector satisfies).
-fn named(name: &str) -> watcher::Config {
-    watcher::Config::default().fields(&format!("metadata.name={name}"))
-}
-
 /// Runs the caches and controllers until the future is dropped (on losing the lease or on
 /// shutdown). Marks `health` synced once every cache has listed.
 pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings: Settings) {
-    let (pods, pods_w) = reflector::store();
-    let (svcs, svcs_w) = reflector::store();
-    let (eps, eps_w) = reflector::store();
-    let (tables, tables_w) = reflector::store();
-    let (roles, roles_w) = reflector::store();
-    let (role_bindings, role_bindings_w) = reflector::store();
-    let (binding, binding_w) = reflector::store();
-    let (svc_t, svc_ns, svc_relist) = ns_trigger();
-    let (rt_t, rt_ns, rt_relist) = ns_trigger();
-    let (rbac_t, rbac_ns, rbac_relist) = ns_trigger();
-    let wake_binding = Arc::new(Notify::new());
-    let names = &settings.sidecar_names;
-
-    let reflectors = future::join(
-        future::join4(
-            reflect(
-                "Pod",
-                Api::<Pod>::all(client.clone()),
-                watcher::Config::default().labels(LABEL_APP_ID),
-                pods_w,
-                strip_pod,
-                Triggers::new(&[&svc_t, &rt_t, &rbac_t], &[&wake_binding]),
-            ),
-            reflect(
-                "Service",
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-                svcs_w,
-                strip_service,
-                Triggers::new(&[&svc_t, &rt_t], &[]),
-            ),
-            reflect(
-                "HTTPEndpoint",
-                Api::<HttpEndpoint>::all(client.clone()),
-                watcher::Config::default(),
-                eps_w,
-                strip_endpoint,
-                Triggers::new(&[&rt_t, &rbac_t], &[]),
-            ),
-            reflect(
-                "RoutingTable",
-                Api::<RoutingTable>::all(client.clone()),
-                watcher::Config::default().labels(&format!(
-                    "{}={}",
-                    services::desired::LABEL_MANAGED_BY,
-                    crate::FIELD_MANAGER
-                )),
-                tables_w,
-                strip_table,
-                // The table owns the app Services and the sidecar Roles.
-                Triggers::new(&[&svc_t, &rt_t, &rbac_t], &[]),
-            ),
-        ),
-        future::join3(
-            reflect(
-                "Role",
-                Api::<Role>::all(client.clone()),
-                named(&names.secrets_role),
-                roles_w,
-                strip_meta,
-                Triggers::new(&[&rbac_t], &[]),
-            ),
-            reflect(
-                "RoleBinding",
-                Api::<RoleBinding>::all(client.clone()),
-                named(&names.secrets_role),
-                role_bindings_w,
-                strip_meta,
-                Triggers::new(&[&rbac_t], &[]),
-            ),
-            reflect(
-                "ClusterRoleBinding",
-                Api::<ClusterRoleBinding>::all(client.clone()),
-                named(&names.binding),
-                binding_w,
-                strip_meta,
-                Triggers::new(&[], &[&wake_binding]),
-            ),
-        ),
-    );
-
-    let stores = Stores {
-        pods,
-        services: svcs,
-        endpoints: eps,
-        tables,
-        sidecar_roles: roles,
-        sidecar_role_bindings: role_bindings,
-        sidecar_binding: binding,
-    };
-    let recorder = |c: ControllerName| {
-        Reporter::new(
-            Recorder::new(
-                client.clone(),
-                EventReporter {
-                    controller: REPORTER.to_owned(),
-                    instance: Some(settings.instance.clone()),
-                },
-            ),
-            c,
-        )
-    };
-    let svc_ctx = Arc::new(Context::new(
-        client.clone(),
-        stores.clone(),
-        metrics.clone(),
-        services::State::new(settings.service_grace, recorder(ControllerName::AppService)),
-    ));
-    let rt_ctx = Arc::new(Context::new(
-        client.clone(),
-        stores.clone(),
-        metrics.clone(),
-        (),
-    ));
-    let rbac_ctx = Arc::new(Context::new(
-        client.clone(),
-        stores.clone(),
-        metrics.clone(),
-        sidecar_rbac::State {
-            names: settings.sidecar_names.clone(),
-        },
-    ));
-    let ep_ctx = Arc::new(Context::new(
-        client.clone(),
-        stores.clone(),
-        metrics.clone(),
-        endpoints::State {
-            reporter: recorder(ControllerName::HttpEndpoint),
-        },
-    ));
-
+    let (stores, inputs, caches) = caches::start(&client, &settings.sidecar_names);
+    let contexts = Contexts::new(&client, &stores, &metrics, &settings);
     let controllers = async move {
         // Reconciling before the caches are complete could delete Services whose pods are
         // simply not listed yet (or revoke a sidecar's access).
-        let _ = future::join(
-            future::join4(
-                stores.pods.wait_until_ready(),
-                stores.services.wait_until_ready(),
-                stores.endpoints.wait_until_ready(),
-                stores.tables.wait_until_ready(),
-            ),
-            future::join3(
-                stores.sidecar_roles.wait_until_ready(),
-                stores.sidecar_role_bindings.wait_until_ready(),
-                stores.sidecar_binding.wait_until_ready(),
-            ),
-        )
-        .await;
+        caches::synced(&stores).await;
         info!("caches synced: starting the controllers");
-        let namespaces = || Api::<Namespace>::all(client.clone());
-        let svc_ctrl = Controller::new(namespaces(), watcher::Config::default())
-            .reconcile_on(svc_ns)
-            .reconcile_all_on(svc_relist)
-            .with_config(controller::Config::default().concurrency(8));
-        let rt_ctrl = Controller::new(namespaces(), watcher::Config::default())
-            .reconcile_on(rt_ns)
-            .reconcile_all_on(rt_relist)
-            .with_config(controller::Config::default().concurrency(8));
-        let rbac_ctrl = Controller::new(namespaces(), watcher::Config::default())
-            .reconcile_on(rbac_ns)
-            .reconcile_all_on(rbac_relist)
-            .with_config(controller::Config::default().concurrency(8));
-        let ep_ctrl = Controller::new(
-            Api::<HttpEndpoint>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .with_config(controller::Config::default().concurrency(8));
+        Controllers::new(&client, inputs)
+            .run(contexts, health)
+            .await;
+    };
+    future::join(caches, controllers).await;
+}
+
+/// Each controller's context: the shared parts, and the state only it keeps.
+struct Contexts {
+    services: Arc<Context<services::State>>,
+    routing: Arc<Context>,
+    sidecar_rbac: Arc<Context<sidecar_rbac::State>>,
+    endpoints: Arc<Context<endpoints::State>>,
+}
+
+impl Contexts {
+    fn new(client: &Client, stores: &Stores, metrics: &Arc<Metrics>, settings: &Settings) -> Self {
+        let recorder = |c: ControllerName| {
+            Reporter::new(
+                Recorder::new(
+                    client.clone(),
+                    EventReporter {
+                        controller: REPORTER.to_owned(),
+                        instance: Some(settings.instance.clone()),
+                    },
+                ),
+                c,
+            )
+        };
+        let grace = settings.service_grace;
+        let names = settings.sidecar_names.clone();
+        Self {
+            services: context(
+                client,
+                stores,
+                metrics,
+                services::State::new(grace, recorder(ControllerName::AppService)),
+            ),
+            routing: context(client, stores, metrics, ()),
+            sidecar_rbac: context(client, stores, metrics, sidecar_rbac::State { names }),
+            endpoints: context(
+                client,
+                stores,
+                metrics,
+                endpoints::State {
+                    reporter: recorder(ControllerName::HttpEndpoint),
+                },
+            ),
+        }
+    }
+}
+
+fn context<S>(
+    client: &Client,
+    stores: &Stores,
+    metrics: &Arc<Metrics>,
+    state: S,
+) -> Arc<Context<S>> {
+    Arc::new(Context::new(
+        client.clone(),
+        stores.clone(),
+        metrics.clone(),
+        state,
+    ))
+}
+
+/// The kube-runtime controllers, built over the caches' triggers, and the cluster binding's
+/// wake-up.
+struct Controllers {
+    services: Controller<Namespace>,
+    routing: Controller<Namespace>,
+    sidecar_rbac: Controller<Namespace>,
+    endpoints: Controller<HttpEndpoint>,
+    cluster_binding: Arc<Notify>,
+}
+
+impl Controllers {
+    fn new(client: &Client, inputs: Inputs) -> Self {
+        let by_namespace = |input: NsInput| {
+            Controller::new(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .reconcile_on(input.namespaces)
+            .reconcile_all_on(input.relists)
+            .with_config(controller::Config::default().concurrency(8))
+        };
+        Self {
+            services: by_namespace(inputs.services),
+            routing: by_namespace(inputs.routing),
+            sidecar_rbac: by_namespace(inputs.sidecar_rbac),
+            endpoints: Controller::new(
+                Api::<HttpEndpoint>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .with_config(controller::Config::default().concurrency(8)),
+            cluster_binding: inputs.cluster_binding,
+        }
+    }
+
+    /// Runs every controller until dropped; marks `health` synced once their own caches (of
+    /// Namespaces and HTTPEndpoints) have listed too.
+    async fn run(self, contexts: Contexts, health: Health) {
         let own_caches = (
-            svc_ctrl.store(),
-            rt_ctrl.store(),
-            rbac_ctrl.store(),
-            ep_ctrl.store(),
+            self.services.store(),
+            self.routing.store(),
+            self.sidecar_rbac.store(),
+            self.endpoints.store(),
         );
         let synced = async move {
             let _ = future::join4(
@@ -371,43 +183,47 @@ pub async fn run(client: Client, metrics: Arc<Metrics>, health: Health, settings
             info!("all caches synced: ready");
             health.set_caches_synced(true);
         };
-        let svc_run = svc_ctrl
+        let services = self
+            .services
             .run(
                 services::reconcile,
                 error_policy(services::CONTROLLER),
-                svc_ctx,
+                contexts.services,
             )
             .for_each(log_result);
-        let rt_run = rt_ctrl
+        let routing = self
+            .routing
             .run(
                 routing::reconcile,
                 error_policy(routing::CONTROLLER),
-                rt_ctx,
+                contexts.routing,
             )
             .for_each(log_result);
-        let rbac_run = rbac_ctrl
+        let sidecar_rbac = self
+            .sidecar_rbac
             .run(
                 sidecar_rbac::reconcile,
                 error_policy(sidecar_rbac::SECRETS),
-                rbac_ctx.clone(),
+                contexts.sidecar_rbac.clone(),
             )
             .for_each(log_result);
-        let binding_run = sidecar_rbac::run_cluster_binding(rbac_ctx, wake_binding);
-        let ep_run = ep_ctrl
+        let cluster_binding =
+            sidecar_rbac::run_cluster_binding(contexts.sidecar_rbac, self.cluster_binding);
+        let endpoints = self
+            .endpoints
             .run(
                 endpoints::reconcile,
                 error_policy(endpoints::CONTROLLER),
-                ep_ctx,
+                contexts.endpoints,
             )
             .for_each(log_result);
         future::join3(
             synced,
-            future::join3(svc_run, rt_run, rbac_run),
-            future::join(binding_run, ep_run),
+            future::join3(services, routing, sidecar_rbac),
+            future::join(cluster_binding, endpoints),
         )
         .await;
-    };
-    future::join(reflectors, controllers).await;
+    }
 }
 
 async fn log_result<K, E1, E2>(r: Result<(ObjectRef<K>, Action), controller::Error<E1, E2>>)
@@ -425,31 +241,5 @@ where
             debug!(object = %obj, "trigger for an object not in the cache")
         }
         Err(e) => warn!(error = %e, "controller"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pods_are_cached_with_their_service_account_only() {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "p", "namespace": "n", "labels": {"dapr.io/app-id": "a"}},
-            "spec": {"serviceAccountName": "cart", "containers": [{"name": "c", "image": "i"}]},
-            "status": {"phase": "Running", "podIP": "10.0.0.1"}
-        }))
-        .unwrap();
-        strip_pod(&mut pod);
-        assert_eq!(
-            pod.spec,
-            Some(PodSpec {
-                service_account_name: Some("cart".into()),
-                ..PodSpec::default()
-            })
-        );
-        let status = pod.status.unwrap();
-        assert_eq!(status.phase.as_deref(), Some("Running"));
-        assert!(status.pod_ip.is_none());
     }
 }
