@@ -411,3 +411,34 @@ async fn fqdn_invocation_can_be_turned_off() {
         "/ok"
     );
 }
+
+/// An app that calls its sidecar over HTTP/2 reaches HTTPEndpoints over HTTP/1.1 (the external
+/// client speaks HTTP/1.1; the request's version is the sidecar's, not the app's). Before the
+/// stacks were rebuilt, the app's HTTP/2 went along and the call failed with
+/// `UserUnsupportedVersion`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_reaches_an_http_endpoint() {
+    let mesh = Mesh::new("endpoint-h2");
+    let ext = TestApp::start("ext").await;
+    mesh.write(
+        "resources/ext.yaml",
+        &endpoint_yaml("ext-api", &format!("http://127.0.0.1:{}/api", ext.port), ""),
+    );
+    let res = mesh.home.join("resources");
+    let a = mesh
+        .sidecar("a")
+        .args(&["--resources-path", res.to_str().unwrap()])
+        .start()
+        .await;
+    let out = curl(&[
+        "--http2-prior-knowledge",
+        "-d",
+        "h2 body",
+        &a.url("/v1.0/invoke/ext-api/method/over-h2?x=1"),
+    ])
+    .await;
+    assert_eq!(out.status_line, "HTTP/2 200", "{out:?}");
+    let e = Echo(serde_json::from_str(&out.body).unwrap());
+    assert_eq!(e.path(), "/api/over-h2?x=1");
+    assert_eq!(e.body(), "h2 body");
+}
