@@ -125,16 +125,21 @@ pub enum AnnotationError {
     NoAppId,
 }
 
-/// The protocol the sidecar uses to talk to the app (`dapr.io/app-protocol`).
+/// The protocol the sidecar uses to talk to the app (`dapr.io/app-protocol`, ferryd's
+/// `--app-protocol`).
 ///
 /// Dapr also accepts `grpc` and `grpcs`; Ferry's sidecar has no gRPC app channel, so those values
 /// are refused with [`AnnotationError::Unsupported`] rather than injecting a sidecar that cannot
 /// reach the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum AppProtocol {
+    /// HTTP/1.1.
     #[default]
     Http,
+    /// HTTP/1.1 over TLS; the app's certificate is not verified (as with Dapr's app-ssl).
     Https,
+    /// HTTP/2 without TLS (prior knowledge).
     H2c,
 }
 
@@ -156,25 +161,36 @@ impl AppProtocol {
     }
 }
 
-/// `dapr.io/log-level`.
+/// How much to log, in Dapr's levels (`dapr.io/log-level`, `--log-level` of every binary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum LogLevel {
     Debug,
     #[default]
     Info,
     Warn,
     Error,
+    /// Dapr's highest level; logs as `error` (nothing of Ferry's logs only at fatal).
     Fatal,
 }
 
 impl LogLevel {
-    pub fn as_str(self) -> &'static str {
+    /// Dapr's word for the level, as annotations and flags write it.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Debug => "debug",
             Self::Info => "info",
             Self::Warn => "warn",
             Self::Error => "error",
             Self::Fatal => "fatal",
+        }
+    }
+
+    /// The `tracing` level it logs at: Dapr's, except that `fatal` logs as `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fatal => "error",
+            other => other.name(),
         }
     }
 }

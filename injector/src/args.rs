@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 use crate::{
     bootstrap::SecretRef,
@@ -12,13 +12,7 @@ use crate::{
     tls::CertFiles,
 };
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
+pub use ferry_api::LogLevel;
 
 #[derive(Debug, Clone, Parser)]
 #[command(

@@ -412,7 +412,7 @@ pub fn sidecar_args(ns: &str, sc: &SidecarConfig) -> Vec<String> {
     flag("app-id", Some(sc.app_id.to_string()));
     flag("app-protocol", Some(sc.app_protocol.as_str().into()));
     flag("namespace", Some(ns.into()));
-    flag("log-level", Some(sc.log_level.as_str().into()));
+    flag("log-level", Some(sc.log_level.name().into()));
     flag(
         "dapr-graceful-shutdown-seconds",
         Some(sc.graceful_shutdown_seconds.to_string()),

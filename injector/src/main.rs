@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use clap::Parser;
 use ferry_injector::{
-    args::{Args, CertSource, LogLevel},
+    args::{Args, CertSource},
     bootstrap::{self, BundleState},
     metrics::Metrics,
     server::{self, Admin, Webhook},
@@ -20,22 +20,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing_subscriber::EnvFilter;
 
-/// sysexits EX_USAGE: bad configuration.
-const EX_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("ferry-injector: {}", line.trim_start_matches("error: "));
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(e) => ferry_api::usage::exit_on_clap_error("ferry-injector", e),
     };
     init_tracing(&args);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -59,12 +47,7 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(args: &Args) {
-    let level = match args.log_level {
-        LogLevel::Debug => "debug",
-        LogLevel::Info => "info",
-        LogLevel::Warn => "warn",
-        LogLevel::Error => "error",
-    };
+    let level = args.log_level.as_str();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,ferry_injector={level}")));
     let builder = tracing_subscriber::fmt()

@@ -8,27 +8,7 @@ use std::{
 
 use clap::{Args, ValueEnum, builder::BoolishValueParser};
 use ferry_api::{AppId, Namespace, ports};
-
-/// How the sidecar reaches its app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AppProtocol {
-    /// HTTP/1.1.
-    Http,
-    /// HTTP/1.1 over TLS; the app's certificate is not verified (as with Dapr's app-ssl).
-    Https,
-    /// HTTP/2 without TLS (prior knowledge).
-    H2c,
-}
-
-impl AppProtocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppProtocol::Http => "http",
-            AppProtocol::Https => "https",
-            AppProtocol::H2c => "h2c",
-        }
-    }
-}
+pub use ferry_api::{AppProtocol, LogLevel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -36,28 +16,6 @@ pub enum Mode {
     Standalone,
     /// In a pod, as the injector starts it: nothing is written to disk, peers connect by pod IP.
     Kubernetes,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-    /// Dapr's highest level; logs as `error` (ferryd has nothing that only logs at fatal).
-    Fatal,
-}
-
-impl LogLevel {
-    /// The `tracing` level this maps to.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error | LogLevel::Fatal => "error",
-        }
-    }
 }
 
 /// Sidecar flags, shared by `ferryd` and `ferry run`.

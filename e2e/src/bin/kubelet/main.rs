@@ -46,8 +46,7 @@ use crate::context::{Context, NodeConfig};
 use crate::images::ImageMap;
 use crate::ipam::{Cidr, Ipam};
 
-/// Bad flags or configuration (BSD `EX_USAGE`).
-const EX_USAGE: i32 = 64;
+use ferry_api::usage::{EX_USAGE, exit_on_clap_error};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,7 +104,7 @@ fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
 fn main() {
     let args = match Args::try_parse() {
         Ok(args) => args,
-        Err(e) => exit_on_clap_error(e),
+        Err(e) => exit_on_clap_error("ferry-kubelet", e),
     };
     init_logging(&args.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,27 +143,6 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     line
-}
-
-/// Help and version print as usual; a bad flag gets one line and exit code 64.
-fn exit_on_clap_error(e: clap::Error) -> ! {
-    use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        e.exit();
-    }
-    let text = e.to_string();
-    let line = text
-        .lines()
-        .next()
-        .unwrap_or("invalid arguments")
-        .trim_start_matches("error: ");
-    eprintln!("ferry-kubelet: {line}");
-    std::process::exit(EX_USAGE);
 }
 
 fn init_logging(default: &str) {
