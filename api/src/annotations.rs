@@ -1,5 +1,6 @@
 //! Dapr's pod annotations (`dapr.io/*`) for service invocation, parsed into one typed
-//! [`SidecarConfig`] with explicit defaults (Dapr HEAD's, spec §7.3).
+//! [`SidecarConfig`] with explicit defaults (Dapr's: the `annotation:` and `default:` tags of
+//! `SidecarConfig` in `dapr/pkg/injector/patcher/sidecar.go`).
 //!
 //! Improving on Dapr, every invalid value is an [`AnnotationError`] naming the annotation, the
 //! value and what is allowed, instead of a warning and a silent default. A present but empty
@@ -315,7 +316,8 @@ pub struct SidecarConfig {
     pub svc_annotations: Vec<(String, String)>,
 }
 
-/// Dapr's pre-check (spec §7.2): `dapr.io/enabled` must be exactly `true`, case-insensitive.
+/// Dapr's pre-check (`handleRequest`, `dapr/pkg/injector/service/handler.go`): `dapr.io/enabled`
+/// must be exactly `true`, case-insensitive.
 /// `"yes"` or `"1"` do **not** enable injection.
 pub fn is_enabled(annotations: &BTreeMap<String, String>) -> bool {
     annotations

@@ -1,4 +1,5 @@
-//! Ferry's shared vocabulary: pure types with no I/O.
+//! Ferry's shared vocabulary: pure types with no I/O (besides `usage::exit_on_clap_error`,
+//! behind the `clap` feature, which reports a bad command line and exits).
 //!
 //! Everything here is used by more than one part (sidecar, CLI, operator, and later the
 //! injector): validated app IDs, the well-known header names and ports of Dapr's wire contract,

@@ -1,4 +1,5 @@
-//! Default ports of Dapr's wire contract (DESIGN.md §2).
+//! Default ports of Dapr's wire contract (Dapr's `SidecarHTTPPort` and its siblings in
+//! `dapr/pkg/injector/patcher/sidecar.go`).
 
 /// The HTTP API apps call (`DAPR_HTTP_PORT`).
 pub const HTTP_API: u16 = 3500;

@@ -1,4 +1,6 @@
-//! The injection decision (spec §7.2) and the JSON patch that adds the sidecar (§7.4, §7.5).
+//! The injection decision (Dapr's `handleRequest`, `dapr/pkg/injector/service/handler.go`) and
+//! the JSON patch that adds the sidecar (`dapr/pkg/injector/patcher/sidecar_container.go` and
+//! `sidecar_patcher.go`).
 
 use std::collections::BTreeMap;
 
@@ -396,7 +398,8 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     )
 }
 
-/// The ferryd flags, daprd-style (spec §7.4).
+/// The ferryd flags, daprd-style (the daprd arguments of
+/// `dapr/pkg/injector/patcher/sidecar_container.go`).
 pub fn sidecar_args(ns: &str, sc: &SidecarConfig) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut flag = |name: &str, value: Option<String>| {

@@ -1,5 +1,6 @@
-//! App health checks (spec §2.5): probe the app on an interval; after `threshold` failures in
-//! a row the app is unhealthy and requests for it are refused until one probe succeeds.
+//! App health checks (as Dapr's `dapr/pkg/apphealth/health.go`): probe the app on an interval;
+//! after `threshold` failures in a row the app is unhealthy and requests for it are refused
+//! until one probe succeeds.
 //!
 //! As in Dapr (`pkg/apphealth`), the app starts *unhealthy* (the failure count starts at the
 //! threshold) and the first probe runs at once, so nothing reaches an app that has not yet

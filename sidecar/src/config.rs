@@ -285,7 +285,7 @@ pub struct KubeSettings {
     pub secret_refresh: Duration,
 }
 
-/// How the app is probed (spec §2.5).
+/// How the app is probed (Dapr's `dapr/pkg/apphealth/config.go`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppHealthSettings {
     /// Starts with `/`.

@@ -1,4 +1,4 @@
-//! Prometheus metrics under Dapr's names (spec §8.2), served at `GET /metrics` when
+//! Prometheus metrics under Dapr's names (`dapr/pkg/diagnostics/service_monitoring.go`), served at `GET /metrics` when
 //! `--enable-metrics` is given.
 //!
 //! Service invocation, as Dapr records it:
