@@ -34,3 +34,6 @@ pub const FIELD_MANAGER: &str = "ferry-operator";
 
 /// The Events' reporting controller.
 pub const REPORTER: &str = "ferry-operator";
+
+#[cfg(test)]
+mod fixtures;

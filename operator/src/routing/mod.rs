@@ -7,6 +7,8 @@
 //! `syncedAt`, counts, conditions) whenever the spec was written or the status is behind.
 
 pub mod desired;
+#[cfg(test)]
+mod scenarios;
 
 use std::{sync::Arc, time::Duration};
 

@@ -13,6 +13,8 @@
 //! a Warning Event on a pod of the app and in the RoutingTable's status (see `routing`).
 
 pub mod desired;
+#[cfg(test)]
+mod scenarios;
 
 use std::{
     collections::{BTreeMap, HashMap},
