@@ -51,10 +51,12 @@ pub struct Call {
     /// Path and query.
     uri: String,
     content_type: &'static str,
-    /// The exact body (`Value::Null`: none), after [`NOW`] is put in.
+    /// The exact body (`Value::Null`: none), after [`NOW`] and generated names are put in.
     body: Value,
     /// JSON pointers to times the operator took from the clock.
     now: Vec<&'static str>,
+    /// JSON pointers to names the client generated, with their fixed prefix.
+    generated: Vec<(&'static str, String)>,
     reply: Reply,
 }
 
@@ -90,6 +92,11 @@ impl Call {
         )
     }
 
+    /// A create of `body` in the collection at `path`.
+    pub fn create(path: &str, body: Value) -> Self {
+        Self::new(Method::POST, format!("{path}?"), "application/json", body)
+    }
+
     fn new(method: Method, uri: String, content_type: &'static str, body: Value) -> Self {
         Self {
             method,
@@ -97,6 +104,7 @@ impl Call {
             content_type,
             body,
             now: Vec::new(),
+            generated: Vec::new(),
             reply: Reply::Echo,
         }
     }
@@ -111,6 +119,13 @@ impl Call {
     /// expected body).
     pub fn now_at(mut self, pointers: &[&'static str]) -> Self {
         self.now.extend(pointers);
+        self
+    }
+
+    /// Marks a name the client generates as `prefix` and something unique (written
+    /// `prefix<generated>` in the expected body).
+    pub fn generated_at(mut self, pointer: &'static str, prefix: &str) -> Self {
+        self.generated.push((pointer, prefix.to_owned()));
         self
     }
 
@@ -156,6 +171,18 @@ impl Call {
                 "{what}: {pointer} is not now: {time}"
             );
             *at = NOW.into();
+        }
+        for (pointer, prefix) in &self.generated {
+            let at = body
+                .pointer_mut(pointer)
+                .unwrap_or_else(|| panic!("{what}: no {pointer}"));
+            let name = at.as_str().unwrap_or_default();
+            assert!(
+                name.strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| !rest.is_empty()),
+                "{what}: {pointer} is {name:?}, not {prefix}..."
+            );
+            *at = format!("{prefix}<generated>").into();
         }
         assert!(
             body == self.body,

@@ -2,6 +2,8 @@
 //! or False with the first problem's reason) for its current generation, written by server-side
 //! apply on the status subresource, and an Event whenever that condition changes.
 
+#[cfg(test)]
+mod scenarios;
 pub mod validate;
 
 use std::sync::Arc;
