@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod registry;
+pub mod respond;
 pub mod server;
 pub mod stacks;
 pub mod upstream;

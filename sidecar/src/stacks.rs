@@ -5,17 +5,21 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use http::Response;
+use tower::Service;
 
 use crate::{
     apphealth::AppHealth,
+    body::Body,
     config::Settings,
     endpoints::Endpoints,
     inbound::{self, Inbound, app},
+    invoke::Cause,
     invoke::headers::ForwardedHeaders,
     metrics::Metrics,
     outbound::{
-        Errors, Outbound,
-        answer::Answer,
+        Outbound,
+        answer::PeerAnswer,
         external::External,
         failover::Failover,
         metrics::Record,
@@ -24,8 +28,25 @@ use crate::{
         route::{Branches, Route},
         target::{Target, TargetContext},
     },
-    upstream::{AppChannel, Upstream},
+    respond::Errors,
+    upstream::{AppChannel, BoxFuture, Upstream},
 };
+
+/// What the steps below the stacks' tops answer: the response, or why there is none.
+pub type Answer = BoxFuture<Result<Response<Body>, Cause>>;
+
+/// A step of a stack below its top: a request in, an [`Answer`] out. Every step is always
+/// ready (`poll_ready` returns at once): the stacks apply no back-pressure through readiness;
+/// the app's concurrency limit queues inside its call, as Dapr's does.
+pub trait Step<Req>:
+    Service<Req, Response = Response<Body>, Error = Cause, Future = Answer>
+{
+}
+
+impl<Req, S> Step<Req> for S where
+    S: Service<Req, Response = Response<Body>, Error = Cause, Future = Answer>
+{
+}
 
 /// What a sidecar is built from.
 pub struct Parts<R, C> {
@@ -68,7 +89,7 @@ impl<R: Resolve, C: crate::outbound::peers::Connect> Sidecar<R, C> {
             caller.clone(),
             Record::new(
                 p.metrics.clone(),
-                Answer::new(Failover::new(
+                PeerAnswer::new(Failover::new(
                     p.resolver,
                     PeerPool::new(p.connect),
                     s.max_body,

@@ -1,7 +1,7 @@
 //! Connections out of the sidecar: to its own app, to peer sidecars, and to external servers.
 //!
 //! * The app channel keeps HTTP/1.1 connections alive (or one HTTP/2 connection for `h2c`).
-//! * Peers: see [`crate::peers`].
+//! * Peers: see [`crate::outbound::peers`].
 //! * External calls (HTTPEndpoints and URLs) never follow redirects, and URL calls refuse
 //!   link-local and cloud metadata addresses at resolution time (so DNS cannot smuggle them in).
 

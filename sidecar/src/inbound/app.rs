@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, task::Poll};
 
-use http::{Request, Response, Uri};
+use http::Response;
 use tokio::sync::Semaphore;
 use tower::Service;
 
@@ -13,13 +13,12 @@ use crate::{
     apphealth::AppHealth,
     body::{self, Body, find_too_large},
     invoke::{Cause, Invocation, error::chain, headers},
-    upstream::{AppChannel, BoxFuture},
+    stacks::{Answer, Step},
+    upstream::AppChannel,
 };
 
 /// What an app is delivered: the invocation, its body as it is.
 pub type Delivery = Invocation<Body>;
-
-type Answer = BoxFuture<Result<Response<Body>, Cause>>;
 
 /// The app as this sidecar calls it: health gate, concurrency limit, channel.
 pub type App = HealthGate<Limit<Channel>>;
@@ -60,19 +59,9 @@ impl Service<Delivery> for Channel {
         let url = d.url(&self.app.base);
         let client = self.app.client.clone();
         Box::pin(async move {
-            let uri: Uri = url
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| Cause::InvalidUrl {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
             let head = d.is_head();
             let verb = d.verb.clone();
-            let mut req = Request::new(d.body);
-            *req.method_mut() = d.verb;
-            *req.uri_mut() = uri;
-            *req.headers_mut() = d.headers;
-            match client.send(req).await {
+            match client.send(d.into_request(&url)?).await {
                 Ok(resp) => {
                     let mut resp = body::frame_upstream(resp, head).await;
                     headers::from_app(resp.headers_mut());
@@ -113,10 +102,7 @@ impl<S> Limit<S> {
 
 impl<S> Service<Delivery> for Limit<S>
 where
-    S: Service<Delivery, Response = Response<Body>, Error = Cause, Future = Answer>
-        + Clone
-        + Send
-        + 'static,
+    S: Step<Delivery> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Cause;
@@ -159,7 +145,7 @@ impl<S> HealthGate<S> {
 
 impl<S> Service<Delivery> for HealthGate<S>
 where
-    S: Service<Delivery, Response = Response<Body>, Error = Cause, Future = Answer>,
+    S: Step<Delivery>,
 {
     type Response = Response<Body>;
     type Error = Cause;
@@ -218,7 +204,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use http::HeaderMap;
+    use http::{HeaderMap, Request};
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::{Frame, Incoming};
     use tokio::sync::mpsc;

@@ -11,7 +11,7 @@ use tower::Service;
 use crate::{
     body::Body,
     invoke::{Cause, headers},
-    upstream::BoxFuture,
+    stacks::{Answer, Step},
 };
 
 #[derive(Debug, Clone)]
@@ -29,16 +29,11 @@ impl<S> CheckCallee<S> {
 
 impl<S, B> Service<Request<B>> for CheckCallee<S>
 where
-    S: Service<
-            Request<B>,
-            Response = Response<Body>,
-            Error = Cause,
-            Future = BoxFuture<Result<Response<Body>, Cause>>,
-        >,
+    S: Step<Request<B>>,
 {
     type Response = Response<Body>;
     type Error = Cause;
-    type Future = BoxFuture<Result<Response<Body>, Cause>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Cause>> {
         self.inner.poll_ready(cx)

@@ -10,7 +10,7 @@ use crate::{
     body::Body,
     invoke::{Cause, headers},
     metrics::{Metrics, UNKNOWN_PEER},
-    upstream::BoxFuture,
+    stacks::{Answer, Step},
 };
 
 #[derive(Debug, Clone)]
@@ -25,11 +25,9 @@ impl<S> Record<S> {
     }
 }
 
-type Answer = BoxFuture<Result<Response<Body>, Cause>>;
-
 impl<S, B> Service<Request<B>> for Record<S>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = Cause, Future = Answer>,
+    S: Step<Request<B>>,
 {
     type Response = Response<Body>;
     type Error = Cause;

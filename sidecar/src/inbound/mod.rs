@@ -4,7 +4,7 @@
 //! errors → callee → metrics → normalize → app: health gate → concurrency limit → app channel
 //! ```
 //!
-//! - [`Errors`] turns this sidecar's failures into responses for the calling sidecar, marked
+//! - [`Errors`](crate::respond::Errors) turns this sidecar's failures into responses for the calling sidecar, marked
 //!   `ferry-error` so it can tell them from the app's (the one place: `InvokeError`).
 //! - [`callee::CheckCallee`]: the request is meant for this app.
 //! - [`metrics::Record`]: requests received, responses sent.
@@ -23,20 +23,12 @@ pub mod callee;
 pub mod metrics;
 pub mod normalize;
 
-use std::{convert::Infallible, sync::Arc, task::Poll};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use ferry_api::{AppId, Namespace};
-use http::{HeaderValue, Request, Response};
-use http_body::Body as HttpBody;
-use tower::Service;
+use http::HeaderValue;
 
-use crate::{
-    body::{Body, BoxError},
-    invoke::{Cause, InvokeError},
-    metrics::Metrics,
-    upstream::BoxFuture,
-};
+use crate::{metrics::Metrics, respond::Errors};
 
 /// The callee's stack, assembled.
 pub type Inbound = Errors<callee::CheckCallee<metrics::Record<normalize::Normalize<app::Deliver>>>>;
@@ -58,42 +50,4 @@ pub fn stack(
             normalize::Normalize::new(max_body, app::Deliver::new(app)),
         ),
     ))
-}
-
-/// Answers this sidecar's own failures for the calling sidecar.
-#[derive(Debug, Clone)]
-pub struct Errors<S> {
-    inner: S,
-}
-
-impl<S> Errors<S> {
-    pub fn new(inner: S) -> Self {
-        Self { inner }
-    }
-}
-
-impl<S, B> Service<Request<B>> for Errors<S>
-where
-    S: Service<Request<B>, Response = Response<Body>, Error = Cause>,
-    S::Future: Send + 'static,
-    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let answer = self.inner.call(req);
-        Box::pin(async move {
-            Ok(answer.await.unwrap_or_else(|cause| {
-                tracing::debug!(kind = cause.kind().as_str(), error = %cause, "inbound request failed");
-                InvokeError::callee(cause).into_response()
-            }))
-        })
-    }
 }

@@ -13,7 +13,7 @@ use tower::Service;
 use crate::{
     body::{self, Body, BoxError, Limited, find_too_large},
     invoke::{Cause, Invocation, Method, error::chain, headers, trace},
-    upstream::BoxFuture,
+    stacks::{Answer, Step},
 };
 
 use super::app::Delivery;
@@ -32,20 +32,13 @@ impl<S> Normalize<S> {
 
 impl<S, B> Service<Request<B>> for Normalize<S>
 where
-    S: Service<
-            Delivery,
-            Response = Response<Body>,
-            Error = Cause,
-            Future = BoxFuture<Result<Response<Body>, Cause>>,
-        > + Clone
-        + Send
-        + 'static,
+    S: Step<Delivery> + Clone + Send + 'static,
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Body>;
     type Error = Cause;
-    type Future = BoxFuture<Result<Response<Body>, Cause>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Cause>> {
         Poll::Ready(Ok(()))

@@ -1,9 +1,9 @@
 //! What one invocation asks for once its target is known: the same for the caller's stack, the
 //! callee's and (later) the gRPC API, whatever the request came in as.
 
-use http::HeaderMap;
+use http::{HeaderMap, Request, Uri};
 
-use super::Method;
+use super::{Cause, Method};
 use crate::body::{Body, Outgoing};
 
 /// Verb, normalized method, query, headers and body of one invocation. The caller's stack
@@ -28,6 +28,23 @@ impl Invocation {
             headers: self.headers,
             body: self.body.body,
         }
+    }
+}
+
+impl Invocation<Body> {
+    /// The request to send to `url` (`base` + method + query, see [`Self::url`]).
+    pub fn into_request(self, url: &str) -> Result<Request<Body>, Cause> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Cause::InvalidUrl {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let mut req = Request::new(self.body);
+        *req.method_mut() = self.verb;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers;
+        Ok(req)
     }
 }
 

@@ -10,7 +10,7 @@ use tower::Service;
 use crate::{
     body::Body,
     invoke::{Cause, headers},
-    upstream::BoxFuture,
+    stacks::Answer,
 };
 
 use super::resolve::PeerCall;
@@ -20,24 +20,24 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// See the module docs.
 #[derive(Clone)]
-pub struct Answer<S> {
+pub struct PeerAnswer<S> {
     inner: S,
 }
 
-impl<S> Answer<S> {
+impl<S> PeerAnswer<S> {
     pub fn new(inner: S) -> Self {
         Self { inner }
     }
 }
 
-impl<S> Service<PeerCall> for Answer<S>
+impl<S> Service<PeerCall> for PeerAnswer<S>
 where
     S: Service<PeerCall, Response = Response<Body>, Error = Cause>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Cause;
-    type Future = BoxFuture<Result<Response<Body>, Cause>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Cause>> {
         self.inner.poll_ready(cx)

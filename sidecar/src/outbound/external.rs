@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, task::Poll};
 
-use http::{Request, Response, Uri};
+use http::Response;
 use tower::Service;
 
 use crate::{
@@ -14,7 +14,8 @@ use crate::{
         Cause, Invocation,
         error::{chain, find_in_chain},
     },
-    upstream::{Blocked, BoxFuture, Upstream},
+    stacks::Answer,
+    upstream::{Blocked, Upstream},
 };
 
 use super::metrics::MetricPeer;
@@ -51,7 +52,7 @@ pub struct External;
 impl Service<ExternalCall> for External {
     type Response = Response<Body>;
     type Error = Cause;
-    type Future = BoxFuture<Result<Response<Body>, Cause>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Cause>> {
         Poll::Ready(Ok(()))
@@ -64,18 +65,8 @@ impl Service<ExternalCall> for External {
             ExternalTarget::Url { client, base } => (client.clone(), inv.url(base)),
         };
         Box::pin(async move {
-            let uri: Uri = url
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| Cause::InvalidUrl {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
             let head = inv.is_head();
-            let mut req = Request::new(inv.body.body);
-            *req.method_mut() = inv.verb;
-            *req.uri_mut() = uri;
-            *req.headers_mut() = inv.headers;
-            match client.send(req).await {
+            match client.send(inv.into_delivery().into_request(&url)?).await {
                 Ok(resp) => Ok(body::frame_upstream(resp, head).await),
                 Err(e) => {
                     if let Some(limit) = find_too_large(&*e) {

@@ -13,7 +13,7 @@ use tower::Service;
 use crate::{
     body::{self, Body, find_too_large},
     invoke::{Cause, error::chain, headers},
-    upstream::BoxFuture,
+    stacks::Answer,
 };
 
 use super::{
@@ -66,7 +66,7 @@ impl<R, C> Failover<R, C> {
 impl<R: Resolve, C: Connect> Service<PeerCall> for Failover<R, C> {
     type Response = Response<Body>;
     type Error = Cause;
-    type Future = BoxFuture<Result<Response<Body>, Cause>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Cause>> {
         Poll::Ready(Ok(()))

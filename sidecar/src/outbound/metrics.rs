@@ -12,7 +12,7 @@ use crate::{
     body::Body,
     invoke::Cause,
     metrics::{CallType, Metrics},
-    upstream::BoxFuture,
+    stacks::Answer,
 };
 
 /// The peer a request counts against: an app ID or an HTTPEndpoint name; `None`: not counted.
@@ -49,7 +49,7 @@ where
 {
     type Response = Response<Body>;
     type Error = Cause;
-    type Future = BoxFuture<Result<Response<Body>, Cause>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Cause>> {
         self.inner.poll_ready(cx)

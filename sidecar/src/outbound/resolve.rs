@@ -20,7 +20,7 @@ use crate::{
         headers::{self, ForwardedHeaders},
     },
     registry::RegistryResolver,
-    upstream::BoxFuture,
+    stacks::{Answer, Step},
 };
 
 use super::{
@@ -121,18 +121,11 @@ impl<R, S> Resolving<R, S> {
 impl<R, S> Service<Routed<AppTarget>> for Resolving<R, S>
 where
     R: Resolve,
-    S: Service<
-            PeerCall,
-            Response = Response<Body>,
-            Error = Cause,
-            Future = BoxFuture<Result<Response<Body>, Cause>>,
-        > + Clone
-        + Send
-        + 'static,
+    S: Step<PeerCall> + Clone + Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Cause;
-    type Future = BoxFuture<Result<Response<Body>, Cause>>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> Poll<Result<(), Cause>> {
         Poll::Ready(Ok(()))

@@ -10,7 +10,8 @@ use crate::{
     body::Body,
     inbound::app::App,
     invoke::{Cause, headers},
-    upstream::{BoxFuture, Upstream},
+    stacks::{Answer, Step},
+    upstream::Upstream,
 };
 
 use super::{
@@ -50,25 +51,11 @@ impl<Remote, Endpoint, Url> Route<Remote, Endpoint, Url> {
     }
 }
 
-type Answer = BoxFuture<Result<Response<Body>, Cause>>;
-
 impl<Remote, Endpoint, Url> Service<Call> for Route<Remote, Endpoint, Url>
 where
-    Remote: Service<Routed<AppTarget>, Response = Response<Body>, Error = Cause, Future = Answer>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    Endpoint: Service<ExternalCall, Response = Response<Body>, Error = Cause, Future = Answer>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    Url: Service<ExternalCall, Response = Response<Body>, Error = Cause, Future = Answer>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    Remote: Step<Routed<AppTarget>> + Clone + Send + Sync + 'static,
+    Endpoint: Step<ExternalCall> + Clone + Send + Sync + 'static,
+    Url: Step<ExternalCall> + Clone + Send + Sync + 'static,
 {
     type Response = Response<Body>;
     type Error = Cause;

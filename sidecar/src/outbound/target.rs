@@ -22,6 +22,7 @@ use crate::{
         target::{self, TargetError, TargetName},
         trace,
     },
+    stacks::Step,
     upstream::{BoxFuture, is_blocked},
 };
 
@@ -123,14 +124,7 @@ impl<S> Target<S> {
 
 impl<S, B> Service<Request<B>> for Target<S>
 where
-    S: Service<
-            Call,
-            Response = Response<Body>,
-            Error = Cause,
-            Future = BoxFuture<Result<Response<Body>, Cause>>,
-        > + Clone
-        + Send
-        + 'static,
+    S: Step<Call> + Clone + Send + 'static,
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
