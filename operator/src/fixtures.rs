@@ -11,7 +11,10 @@ use std::{fmt::Debug, pin::pin, sync::Arc, time::Duration};
 use ferry_api::{http_endpoint::HttpEndpoint, routing_table::RoutingTable};
 use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
 use k8s_openapi::{
-    api::core::v1::{Pod, Service},
+    api::{
+        core::v1::{Pod, Service},
+        rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
+    },
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
@@ -24,6 +27,7 @@ use kube::{
     },
 };
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::{
     REPORTER,
@@ -256,6 +260,44 @@ impl ApiServerVerifier {
             .await
             .expect("the scenario hung")
     }
+
+    /// Polls `work`, which never ends, while answering `calls` in order, then for `quiet` more;
+    /// returns when each request came. Panics on a request other than the next call or after
+    /// the last one.
+    pub async fn run_forever<F>(
+        &mut self,
+        calls: Vec<Call>,
+        work: F,
+        quiet: Duration,
+    ) -> Vec<Instant>
+    where
+        F: Future<Output = ()>,
+    {
+        let mut work = pin!(work);
+        let mut times = Vec::new();
+        for call in calls {
+            let what = call.describe();
+            tokio::select! {
+                request = tokio::time::timeout(DEADLINE, self.0.next_request()) => {
+                    let (request, send) = request
+                        .unwrap_or_else(|_| panic!("no {what}"))
+                        .expect("the client is gone");
+                    times.push(Instant::now());
+                    call.verify(request, send).await;
+                }
+                () = &mut work => panic!("finished without making {what}"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(quiet) => {}
+            () = &mut work => panic!("finished"),
+            request = self.0.next_request() => {
+                let (request, _) = request.expect("the client is gone");
+                panic!("a request after the last call: {} {}", request.method(), request.uri())
+            }
+        }
+        times
+    }
 }
 
 /// Empty caches, and the writers that fill them as the reflectors do.
@@ -264,6 +306,9 @@ pub struct Caches {
     pub services: Writer<Service>,
     pub endpoints: Writer<HttpEndpoint>,
     pub tables: Writer<RoutingTable>,
+    pub sidecar_roles: Writer<Role>,
+    pub sidecar_role_bindings: Writer<RoleBinding>,
+    pub sidecar_binding: Writer<ClusterRoleBinding>,
 }
 
 impl Caches {
@@ -272,20 +317,26 @@ impl Caches {
         let (services, services_w) = reflector::store();
         let (endpoints, endpoints_w) = reflector::store();
         let (tables, tables_w) = reflector::store();
+        let (roles, roles_w) = reflector::store();
+        let (role_bindings, role_bindings_w) = reflector::store();
+        let (binding, binding_w) = reflector::store();
         let writers = Self {
             pods: pods_w,
             services: services_w,
             endpoints: endpoints_w,
             tables: tables_w,
+            sidecar_roles: roles_w,
+            sidecar_role_bindings: role_bindings_w,
+            sidecar_binding: binding_w,
         };
         let stores = Stores {
             pods,
             services,
             endpoints,
             tables,
-            sidecar_roles: reflector::store().0,
-            sidecar_role_bindings: reflector::store().0,
-            sidecar_binding: reflector::store().0,
+            sidecar_roles: roles,
+            sidecar_role_bindings: role_bindings,
+            sidecar_binding: binding,
         };
         (writers, stores)
     }

@@ -16,6 +16,8 @@
 //! the sidecars' ClusterRole. It never reads a Secret.
 
 pub mod desired;
+#[cfg(test)]
+mod scenarios;
 
 use std::{sync::Arc, time::Duration};
 
