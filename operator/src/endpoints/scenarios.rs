@@ -112,7 +112,10 @@ async fn scenario_an_endpoint_deleted_mid_reconcile_gets_no_event() {
         .unwrap_err();
 
     assert!(
-        matches!(&error, Error::Status { namespace, name, .. } if namespace == "shop" && name == "ext"),
+        matches!(
+            &error,
+            Error::Status { namespace, name, .. } if namespace == "shop" && name == "ext"
+        ),
         "{error}"
     );
     assert_eq!(

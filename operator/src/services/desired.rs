@@ -1,6 +1,7 @@
 //! The Service `<app-id>-dapr` an app should have: a pure function of the app ID and the
 //! annotations of its newest pod, shaped as Dapr's operator shapes it
-//! (`pkg/operator/handlers/dapr_handler.go`), so tooling written for Dapr finds what it expects.
+//! (`dapr/pkg/operator/handlers/dapr_handler.go`), so tooling written for Dapr finds what it
+//! expects.
 
 use std::{collections::BTreeMap, fmt};
 
@@ -330,7 +331,7 @@ fn parse_svc_annotations(text: &str, problems: &mut Problems) -> Vec<(String, St
     out
 }
 
-/// Dapr's truthy values.
+/// Dapr's truthy values (`IsTruthy`, `dapr/utils/utils.go`).
 fn is_truthy(v: &str) -> bool {
     matches!(
         v.trim().to_ascii_lowercase().as_str(),

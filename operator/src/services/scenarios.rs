@@ -134,7 +134,10 @@ async fn scenario_a_refused_write_leaves_the_others_done_and_is_retried_with_bac
         .unwrap_err();
 
     assert!(
-        matches!(&error, Error::Apply { namespace, name, .. } if namespace == "shop" && name == "cart-dapr"),
+        matches!(
+            &error,
+            Error::Apply { namespace, name, .. } if namespace == "shop" && name == "cart-dapr"
+        ),
         "{error}"
     );
     assert!(

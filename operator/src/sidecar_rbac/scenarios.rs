@@ -154,7 +154,10 @@ async fn scenario_a_refused_role_stops_before_the_binding() {
         .unwrap_err();
 
     assert!(
-        matches!(&error, Error::Apply { kind: "Role", name, .. } if name == "shop/ferry-sidecar-secrets"),
+        matches!(
+            &error,
+            Error::Apply { kind: "Role", name, .. } if name == "shop/ferry-sidecar-secrets"
+        ),
         "{error}"
     );
     assert_eq!(
