@@ -98,9 +98,7 @@ impl<S> Context<S> {
             state,
         }
     }
-}
 
-impl<S> Context<S> {
     /// What every controller does after a failed reconcile of `key`: counts the failure by its
     /// reason, logs it, and says when to try again (the key's next backoff).
     pub fn retry_in(
