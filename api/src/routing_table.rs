@@ -17,6 +17,8 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "ferry.dev/v1alpha1";
 pub const KIND: &str = "RoutingTable";
 pub const CRD_NAME: &str = "routingtables.ferry.dev";
+/// The one RoutingTable of a namespace (written by ferry-operator, read by the sidecars).
+pub const TABLE_NAME: &str = "ferry";
 
 /// The condition type that says whether the table reflects the namespace.
 pub const CONDITION_SYNCED: &str = "Synced";

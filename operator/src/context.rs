@@ -2,7 +2,7 @@
 //! all controllers, and the `state` that one controller keeps for itself.
 //!
 //! The controllers depend on this module and [`runtime`](crate::runtime) depends on them; this
-//! module depends on no controller (only on `routing::desired` for the table's name).
+//! module depends on no controller.
 
 use std::{
     collections::HashMap,
@@ -28,10 +28,9 @@ use kube::{
 };
 use tracing::warn;
 
-use crate::{
-    metrics::{ControllerName, Metrics},
-    routing::desired::TABLE_NAME,
-};
+use ferry_api::routing_table::TABLE_NAME;
+
+use crate::metrics::{ControllerName, Metrics};
 
 /// How often every object is reconciled even without a change (a safety net for missed events).
 pub const RESYNC: Duration = Duration::from_secs(300);

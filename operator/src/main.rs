@@ -7,6 +7,7 @@ use std::{process::ExitCode, sync::Arc};
 
 use anyhow::Context as _;
 use clap::Parser;
+use ferry_api::usage::{EX_USAGE, exit_on_clap_error};
 use ferry_operator::{
     admin::{self, Health},
     args::{Args, LogFormat},
@@ -18,21 +19,14 @@ use tokio::sync::watch;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-/// sysexits EX_USAGE: bad configuration.
-const EX_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { EX_USAGE } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(e) => exit_on_clap_error("ferry-operator", e),
     };
     if let Err(e) = init_tracing(&args) {
         eprintln!("ferry-operator: {e:#}");
-        return ExitCode::from(EX_USAGE);
+        return ExitCode::from(EX_USAGE as u8);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

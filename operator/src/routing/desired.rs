@@ -23,8 +23,7 @@ use crate::{
     services::desired::{self as svc, HTTP_PORT},
 };
 
-/// The one RoutingTable of a namespace is called this.
-pub const TABLE_NAME: &str = "ferry";
+pub use ferry_api::routing_table::TABLE_NAME;
 
 /// A namespace's table, and what the status should say about it.
 #[derive(Debug, Clone, PartialEq)]

@@ -21,8 +21,7 @@ use kube::{ResourceExt, runtime::watcher::Event};
 
 use crate::outbound::balance::Instances;
 
-/// The one RoutingTable of a namespace (written by ferry-operator) is called this.
-pub const TABLE_NAME: &str = "ferry";
+pub use ferry_api::routing_table::TABLE_NAME;
 /// The port of an app's Service that reaches its sidecars.
 pub const INTERNAL_PORT_NAME: &str = "dapr-internal";
 /// Set on every EndpointSlice by the EndpointSlice controller: the Service it belongs to.
