@@ -12,7 +12,7 @@ use crate::{
     body::Body,
     invoke::Cause,
     metrics::{CallType, Metrics},
-    stacks::Answer,
+    stacks::{Answer, Step},
 };
 
 /// The peer a request counts against: an app ID or an HTTPEndpoint name; `None`: not counted.
@@ -44,8 +44,7 @@ impl<S> Record<S> {
 impl<Req, S> Service<Req> for Record<S>
 where
     Req: MetricPeer,
-    S: Service<Req, Response = Response<Body>, Error = Cause>,
-    S::Future: Send + 'static,
+    S: Step<Req>,
 {
     type Response = Response<Body>;
     type Error = Cause;
@@ -56,20 +55,15 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let counted = match (&self.metrics, req.metric_peer()) {
-            (Some(m), Some(name)) => {
-                let peer = m.peer(name);
-                m.req_sent(&peer, CallType::Unary);
-                Some((m.clone(), peer))
-            }
-            _ => None,
+        let (Some(m), Some(name)) = (&self.metrics, req.metric_peer()) else {
+            return self.inner.call(req);
         };
+        let (m, peer) = (m.clone(), m.peer(name));
+        m.req_sent(&peer, CallType::Unary);
         let answer = self.inner.call(req);
         Box::pin(async move {
             let resp = answer.await?;
-            if let Some((m, peer)) = counted {
-                m.res_recv(&peer, resp.status().as_u16(), CallType::Unary);
-            }
+            m.res_recv(&peer, resp.status().as_u16(), CallType::Unary);
             Ok(resp)
         })
     }
