@@ -56,12 +56,12 @@ async fn run(args: RunArgs) -> i32 {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(rest)
         .env(env::DAPR_HTTP_PORT, running.http_port().to_string())
-        .env(env::DAPR_GRPC_PORT, args.sidecar.dapr_grpc_port.to_string())
-        .env(env::APP_ID, args.sidecar.app_id.as_str())
+        .env(env::DAPR_GRPC_PORT, running.entry.grpc_port.to_string())
+        .env(env::APP_ID, &running.entry.app_id)
         // Its own process group: a Ctrl-C in the terminal reaches only us, and we pass it on
         // exactly once.
         .process_group(0);
-    if let Some(port) = args.sidecar.app_port {
+    if let Some(port) = running.entry.app_port {
         cmd.env(env::APP_PORT, port.to_string());
     }
     let mut child = match cmd.spawn() {
