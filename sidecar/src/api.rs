@@ -250,7 +250,7 @@ fn metadata(
     if let Some(app) = &settings.app {
         let mut props = serde_json::json!({
             "port": app.port,
-            "protocol": app.protocol.as_str(),
+            "protocol": settings.app_protocol.as_str(),
             "channelAddress": app.address,
         });
         if let Some(n) = settings.max_concurrency {

@@ -216,8 +216,11 @@ pub struct Settings {
     pub app_id: AppId,
     pub namespace: Namespace,
     pub mode: Mode,
-    /// How the app is reached; `None` without `--app-port` (the app can call, not be called).
+    /// Where the app is reached; `None` without `--app-port` (the app can call, not be called).
     pub app: Option<AppSettings>,
+    /// How the app is reached (`--app-protocol`, with `--app-ssl` applied); the registry entry
+    /// tells it even without an app port.
+    pub app_protocol: AppProtocol,
     /// Where the HTTP API listens.
     pub http: HttpListen,
     /// The gRPC API port given to the app as `DAPR_GRPC_PORT` (reserved: not served yet).
@@ -253,10 +256,9 @@ pub struct Settings {
     pub warnings: Vec<String>,
 }
 
-/// How the sidecar reaches its app.
+/// Where the sidecar reaches its app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppSettings {
-    pub protocol: AppProtocol,
     pub address: String,
     pub port: u16,
 }
@@ -422,10 +424,10 @@ impl SidecarArgs {
             namespace: self.namespace.clone(),
             mode: self.mode,
             app: self.app_port.map(|port| AppSettings {
-                protocol: self.effective_app_protocol(),
                 address: self.app_channel_address.clone(),
                 port,
             }),
+            app_protocol: self.effective_app_protocol(),
             http: HttpListen {
                 addrs: if explicit {
                     self.dapr_listen_addresses.clone()

@@ -28,7 +28,7 @@ use crate::{
     api::{self, Api, Health, OutboundCheck},
     apphealth::{self, AppHealth},
     body::Body,
-    config::{AppProtocol, ConfigError, HttpListen, Mode, Settings, SidecarArgs},
+    config::{ConfigError, HttpListen, Mode, Settings, SidecarArgs},
     conn,
     endpoints::{self, Endpoints},
     kubernetes::{self, KubeResolver, httpendpoints},
@@ -213,7 +213,7 @@ async fn launch<R: Resolve>(
     let app = settings
         .app
         .as_ref()
-        .map(|a| AppChannel::new(a.protocol, &a.address, a.port));
+        .map(|a| AppChannel::new(settings.app_protocol, &a.address, a.port));
     let fqdn = settings.fqdn.map(|f| {
         let guard = if f.allow_link_local {
             GuardedResolver::open()
@@ -365,12 +365,7 @@ async fn launch<R: Resolve>(
             .unwrap_or(settings.http.port),
         grpc_port: settings.grpc_port,
         app_port: settings.app.as_ref().map(|a| a.port),
-        app_protocol: settings
-            .app
-            .as_ref()
-            .map_or(AppProtocol::Http, |a| a.protocol)
-            .as_str()
-            .to_owned(),
+        app_protocol: settings.app_protocol.as_str().to_owned(),
         pid: std::process::id(),
         app_pid: None,
         command: info.command,
