@@ -296,7 +296,8 @@ mod tests {
         v.into_iter().map(Arc::new).collect()
     }
 
-    fn ours(app: &str) -> Service {
+    /// A Service of ours for `app`, as the cache holds it (the scenarios use it too).
+    pub(super) fn ours(app: &str) -> Service {
         let mut s = desired::app_service(
             "shop",
             &ferry_api::AppId::new(app).unwrap(),

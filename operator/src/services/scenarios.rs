@@ -4,11 +4,11 @@
 use std::{sync::Arc, time::Duration};
 
 use ferry_api::RoutingTable;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
-use super::{CONTROLLER, Error, State, desired, reconcile};
+use super::{CONTROLLER, Error, State, reconcile, tests::ours};
 use crate::{
     apps::fixtures::pod,
     context::{Context, RESYNC, error_policy},
@@ -23,19 +23,6 @@ fn shop() -> Arc<Namespace> {
 
 fn context(grace: Duration) -> (Arc<Context<State>>, Caches, ApiServerVerifier) {
     fixtures::context(|client| State::new(grace, fixtures::reporter(client, CONTROLLER)))
-}
-
-/// A Service of ours for `app`, as the cache holds it.
-fn ours(app: &str) -> Service {
-    let mut s = desired::app_service(
-        "shop",
-        &ferry_api::AppId::new(app).unwrap(),
-        &Default::default(),
-        None,
-    )
-    .service;
-    s.metadata.uid = Some(format!("uid-{app}"));
-    s
 }
 
 /// The namespace's RoutingTable, as the cache holds it.
