@@ -265,14 +265,23 @@ async fn basic_verbs_statuses_forms_and_missing_methods() {
     assert_eq!(hits2.get("/doesntexist"), 1);
 
     // No method: the sidecar's 404 when the URL names none...
-    for path in [
-        "/v1.0/invoke/two",
-        "/v1.0/invoke//method/doesntexist",
-        "/v1.0/invoke/two/method",
+    for (path, hint) in [
+        (
+            "/v1.0/invoke/two",
+            "the path names no method after the app ID; call /v1.0/invoke/two/method/<method>",
+        ),
+        (
+            "/v1.0/invoke//method/doesntexist",
+            "the path names no app ID; call /v1.0/invoke/<app-id>/method/<method>",
+        ),
+        (
+            "/v1.0/invoke/two/method",
+            "the path names no method after /method/; call /v1.0/invoke/two/method/<method>",
+        ),
     ] {
         let r = call("POST", &one.url(path), &[], "").await;
         assert_eq!(r.status, 404, "{path}");
-        assert_eq!(r.text(), NO_TARGET_BODY, "{path}");
+        assert_eq!(r.text(), no_target_body(hint), "{path}");
     }
     // ...and with the header form on `/`, the app's root is called (and has no handler).
     let r = call("POST", &one.url("/"), &[("dapr-app-id", "two")], "").await;
@@ -1370,7 +1379,12 @@ async fn metadata_and_health_answers() {
     )
     .await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.text(), NO_TARGET_BODY);
+    assert_eq!(
+        r.text(),
+        no_target_body(
+            "name the app in the path, /v1.0/invoke/<app-id>/method/v1.0/metadata, or in a dapr-app-id header"
+        )
+    );
     assert!(r.header("access-control-allow-origin").is_none());
     assert!(r.header("vary").is_none());
     let r = call(

@@ -133,15 +133,31 @@ async fn self_invocation_goes_to_the_own_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_target_is_404_with_daprs_exact_body() {
     let p = Pair::start("no-target").await;
-    for path in [
-        "/v1.0/invoke/b",
-        "/v1.0/invoke/b/method",
-        "/v1.0/invoke/",
-        "/somewhere/else",
+    for (path, hint) in [
+        (
+            "/v1.0/invoke/b",
+            "the path names no method after the app ID; call /v1.0/invoke/b/method/<method>",
+        ),
+        (
+            "/v1.0/invoke/b/method",
+            "the path names no method after /method/; call /v1.0/invoke/b/method/<method>",
+        ),
+        (
+            "/v1.0/invoke/",
+            "the path names no app ID; call /v1.0/invoke/<app-id>/method/<method>",
+        ),
+        (
+            "/v1.0/invoke/b/add",
+            "the path has no /method/ after the app ID; call /v1.0/invoke/b/method/add",
+        ),
+        (
+            "/somewhere/else",
+            "name the app in the path, /v1.0/invoke/<app-id>/method/somewhere/else, or in a dapr-app-id header",
+        ),
     ] {
         let r = get(&p.a.url(path)).await;
         assert_eq!(r.status, 404, "{path}");
-        assert_eq!(r.text(), NO_TARGET_BODY, "{path}");
+        assert_eq!(r.text(), no_target_body(hint), "{path}");
         assert_eq!(r.header("content-type"), Some("application/json"));
     }
     assert_eq!(p.app.request_count(), 0);
@@ -179,7 +195,7 @@ async fn app_id_with_two_dots_is_invalid() {
         .invoke_error(500);
     assert_eq!(
         msg,
-        "failed to invoke, id: a.b.c, err: invalid app id a.b.c"
+        "failed to invoke, id: a.b.c, err: invalid app id a.b.c: a target is <app-id>, <app-id>.<namespace>, an HTTPEndpoint name or an http(s):// URL, with at most one '.'"
     );
 }
 

@@ -229,5 +229,10 @@ async fn http2_clients_are_served() {
     // Errors are the same JSON.
     let out = curl(&["--http2-prior-knowledge", &p.a.url("/v1.0/invoke/b")]).await;
     assert_eq!(out.status, 404);
-    assert_eq!(out.body, NO_TARGET_BODY);
+    assert_eq!(
+        out.body,
+        no_target_body(
+            "the path names no method after the app ID; call /v1.0/invoke/b/method/<method>"
+        )
+    );
 }

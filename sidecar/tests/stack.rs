@@ -495,7 +495,7 @@ async fn requests_the_stack_refuses_get_daprs_errors() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(
         a.body,
-        r#"{"errorCode":"ERR_DIRECT_INVOKE","message":"failed getting app id either from the URL path or the header dapr-app-id"}"#
+        r#"{"errorCode":"ERR_DIRECT_INVOKE","message":"failed getting app id either from the URL path or the header dapr-app-id: name the app in the path, /v1.0/invoke/<app-id>/method/nothing/here, or in a dapr-app-id header"}"#
     );
     let a = call(
         out,
@@ -505,7 +505,7 @@ async fn requests_the_stack_refuses_get_daprs_errors() {
     assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
         a.message(),
-        "failed to invoke, id: a.b.c, err: invalid app id a.b.c"
+        "failed to invoke, id: a.b.c, err: invalid app id a.b.c: a target is <app-id>, <app-id>.<namespace>, an HTTPEndpoint name or an http(s):// URL, with at most one '.'"
     );
     let a = call(
         out,

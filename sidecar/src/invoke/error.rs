@@ -18,12 +18,13 @@ pub const ERR_DIRECT_INVOKE: &str = "ERR_DIRECT_INVOKE";
 /// One variant per step that can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
-    #[error("failed getting app id either from the URL path or the header dapr-app-id")]
-    NoTarget,
+    /// Dapr's text, then what is missing and the URL that works.
+    #[error("failed getting app id either from the URL path or the header dapr-app-id: {hint}")]
+    NoTarget { hint: String },
     #[error("invalid baggage header: {0}")]
     InvalidBaggage(String),
-    #[error("invalid app id {0}")]
-    InvalidAppId(String),
+    #[error(transparent)]
+    InvalidAppId(super::target::TargetError),
     #[error(transparent)]
     InvalidMethod(#[from] super::method::MethodError),
     #[error("invalid HTTP verb {0}: CONNECT cannot be invoked")]
@@ -288,7 +289,7 @@ impl std::fmt::Display for ErrorKind {
 impl Cause {
     pub fn status(&self) -> StatusCode {
         match self {
-            Cause::NoTarget => StatusCode::NOT_FOUND,
+            Cause::NoTarget { .. } => StatusCode::NOT_FOUND,
             Cause::InvalidBaggage(_) | Cause::RequestBody(_) => StatusCode::BAD_REQUEST,
             Cause::Callee { status, .. } => *status,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -298,7 +299,7 @@ impl Cause {
     /// What failed, as one word (logs, metrics, the `ferry-error` header).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Cause::NoTarget => ErrorKind::NoTarget,
+            Cause::NoTarget { .. } => ErrorKind::NoTarget,
             Cause::InvalidBaggage(_) => ErrorKind::InvalidBaggage,
             Cause::InvalidAppId(_) => ErrorKind::InvalidAppId,
             Cause::InvalidMethod(_) => ErrorKind::InvalidMethod,
@@ -376,8 +377,11 @@ impl InvokeError {
         }
     }
 
-    pub fn no_target() -> Self {
-        Self::untargeted(Cause::NoTarget)
+    /// The request names no target; `raw_path` is its path as received.
+    pub fn no_target(raw_path: &str) -> Self {
+        Self::untargeted(Cause::NoTarget {
+            hint: super::target::no_target_hint(raw_path),
+        })
     }
 
     /// An error made by the callee sidecar (it has no target string of the caller's): the
@@ -481,7 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_target_is_404_with_daprs_text() {
-        let resp = InvokeError::no_target().into_response();
+        let resp = InvokeError::no_target("/v1.0/invoke/cart/add").into_response();
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
         assert!(resp.headers().get(FERRY_ERROR).is_none());
@@ -489,19 +493,20 @@ mod tests {
             json_of(resp).await,
             serde_json::json!({
                 "errorCode": "ERR_DIRECT_INVOKE",
-                "message": "failed getting app id either from the URL path or the header dapr-app-id"
+                "message": "failed getting app id either from the URL path or the header dapr-app-id: the path has no /method/ after the app ID; call /v1.0/invoke/cart/method/add"
             })
         );
     }
 
     #[tokio::test]
     async fn caller_errors_name_the_target() {
-        let resp = InvokeError::new("a.b.c", Cause::InvalidAppId("a.b.c".into())).into_response();
+        let bad = super::super::target::classify("a.b.c").unwrap_err();
+        let resp = InvokeError::new("a.b.c", Cause::InvalidAppId(bad)).into_response();
         assert_eq!(resp.status(), 500);
         assert!(resp.headers().get(FERRY_ERROR).is_none());
         assert_eq!(
             json_of(resp).await["message"],
-            "failed to invoke, id: a.b.c, err: invalid app id a.b.c"
+            "failed to invoke, id: a.b.c, err: invalid app id a.b.c: a target is <app-id>, <app-id>.<namespace>, an HTTPEndpoint name or an http(s):// URL, with at most one '.'"
         );
     }
 

@@ -62,6 +62,68 @@ pub fn extract(headers: &HeaderMap, raw_path: &str) -> Option<Extracted> {
     })
 }
 
+/// What to tell a caller whose request names no target: what is missing from `raw_path` (as
+/// received) and the URL that works.
+pub fn no_target_hint(raw_path: &str) -> String {
+    const FORM: &str = "/v1.0/invoke/<app-id>/method/<method>";
+    let segments: Vec<&str> = raw_path.split('/').filter(|s| !s.is_empty()).collect();
+    // `/v1.0/invoke/...`, or `invoke` one segment early or late with another version.
+    let at = segments
+        .iter()
+        .position(|s| *s == "invoke")
+        .filter(|i| *i <= 1);
+    let Some(at) = at else {
+        let path = if raw_path.starts_with('/') {
+            raw_path.to_owned()
+        } else {
+            format!("/{raw_path}")
+        };
+        return format!(
+            "name the app in the path, /v1.0/invoke/<app-id>/method{path}, or in a dapr-app-id header"
+        );
+    };
+    let version = (at == 1).then(|| segments[0]);
+    let rest = &segments[at + 1..];
+    let like_method =
+        |m: &str| m.eq_ignore_ascii_case("method") || m.eq_ignore_ascii_case("methods");
+    let (complaint, call) = match rest {
+        [] => ("the path names no app ID".to_owned(), FORM.to_owned()),
+        [m, ..] if m.eq_ignore_ascii_case("method") => {
+            ("the path names no app ID".to_owned(), FORM.to_owned())
+        }
+        [id] => (
+            "the path names no method after the app ID".to_owned(),
+            format!("/v1.0/invoke/{id}/method/<method>"),
+        ),
+        [id, m] if like_method(m) => (
+            format!("the path names no method after /{m}/"),
+            format!("/v1.0/invoke/{id}/method/<method>"),
+        ),
+        [id, m, tail @ ..] if like_method(m) => (
+            if *m == "method" {
+                String::new()
+            } else {
+                format!("the path has /{m}/ where /method/ belongs")
+            },
+            format!("/v1.0/invoke/{id}/method/{}", tail.join("/")),
+        ),
+        [id, tail @ ..] => (
+            "the path has no /method/ after the app ID".to_owned(),
+            format!("/v1.0/invoke/{id}/method/{}", tail.join("/")),
+        ),
+    };
+    let version = match version {
+        Some("v1.0") => String::new(),
+        Some(v) => format!("the API version is v1.0, not {v}"),
+        None => "the path has no API version (v1.0)".to_owned(),
+    };
+    let what: Vec<String> = [version, complaint]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
+    format!("{}; call {call}", what.join("; "))
+}
+
 /// `Authorization: Basic base64(dapr-app-id:<target>)`, user compared case-insensitively.
 fn basic_auth_target(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -135,8 +197,9 @@ pub enum TargetName {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    #[error("invalid app id {0}")]
-    InvalidAppId(String),
+    /// The target is not `app`, `app.namespace` or a URL; `reason` says which part is wrong.
+    #[error("invalid app id {target}: {reason}")]
+    InvalidAppId { target: String, reason: String },
 }
 
 /// Classifies a target string. HTTPEndpoint names are matched later, against the app ID part.
@@ -148,17 +211,25 @@ pub fn classify(target: &str) -> Result<TargetName, TargetError> {
     if lower.starts_with("http://") || lower.starts_with("https://") {
         return Ok(TargetName::Url(target.to_owned()));
     }
-    let invalid = || TargetError::InvalidAppId(target.to_owned());
+    let invalid = |reason: String| TargetError::InvalidAppId {
+        target: target.to_owned(),
+        reason,
+    };
     let mut parts = target.split('.');
     let id = parts.next().unwrap_or_default();
     let ns = parts.next();
     if parts.next().is_some() {
-        return Err(invalid());
+        return Err(invalid(
+            "a target is <app-id>, <app-id>.<namespace>, an HTTPEndpoint name or an http(s):// URL, with at most one '.'".to_owned(),
+        ));
     }
-    let id = AppId::new(id).map_err(|_| invalid())?;
+    let id = AppId::new(id).map_err(|e| invalid(e.to_string()))?;
     let namespace = match ns {
         None => None,
-        Some(ns) => Some(Namespace::new(ns).map_err(|_| invalid())?),
+        Some(ns) => Some(
+            Namespace::new(ns)
+                .map_err(|e| invalid(format!("after the '.' comes a namespace: {e}")))?,
+        ),
     };
     Ok(TargetName::App { id, namespace })
 }
@@ -269,12 +340,75 @@ mod tests {
             classify("HTTPS://h"),
             Ok(TargetName::Url("HTTPS://h".into()))
         );
-        for bad in ["a.b.c", "", ".ns", "cart.", "a b", "cart.Prod"] {
-            assert_eq!(
-                classify(bad),
-                Err(TargetError::InvalidAppId(bad.into())),
-                "target {bad:?}"
-            );
+        for (bad, reason) in [
+            ("a.b.c", "with at most one '.'"),
+            ("", "app ID is empty"),
+            (".ns", "app ID is empty"),
+            ("cart.", "after the '.' comes a namespace"),
+            ("a b", "\"a b\""),
+            ("cart.Prod", "after the '.' comes a namespace"),
+        ] {
+            let Err(TargetError::InvalidAppId {
+                target,
+                reason: why,
+            }) = classify(bad)
+            else {
+                panic!("target {bad:?} was accepted");
+            };
+            assert_eq!(target, bad);
+            assert!(why.contains(reason), "target {bad:?}: {why}");
+        }
+    }
+    #[test]
+    fn a_request_without_a_target_is_told_the_url_that_works() {
+        let cases = [
+            (
+                "/v1.0/invoke/cart/add",
+                "the path has no /method/ after the app ID; call /v1.0/invoke/cart/method/add",
+            ),
+            (
+                "/v1.0/invoke/cart/orders/7",
+                "the path has no /method/ after the app ID; call /v1.0/invoke/cart/method/orders/7",
+            ),
+            (
+                "/v1.0/invoke/cart",
+                "the path names no method after the app ID; call /v1.0/invoke/cart/method/<method>",
+            ),
+            (
+                "/v1.0/invoke/cart/method",
+                "the path names no method after /method/; call /v1.0/invoke/cart/method/<method>",
+            ),
+            (
+                "/v1.0/invoke/cart/methods/add",
+                "the path has /methods/ where /method/ belongs; call /v1.0/invoke/cart/method/add",
+            ),
+            (
+                "/v1.0/invoke/",
+                "the path names no app ID; call /v1.0/invoke/<app-id>/method/<method>",
+            ),
+            (
+                "/v1.0/invoke//method/x",
+                "the path names no app ID; call /v1.0/invoke/<app-id>/method/<method>",
+            ),
+            (
+                "/v1/invoke/cart/method/add",
+                "the API version is v1.0, not v1; call /v1.0/invoke/cart/method/add",
+            ),
+            (
+                "/invoke/cart/method/add",
+                "the path has no API version (v1.0); call /v1.0/invoke/cart/method/add",
+            ),
+            (
+                "/add",
+                "name the app in the path, /v1.0/invoke/<app-id>/method/add, or in a dapr-app-id header",
+            ),
+            (
+                "/",
+                "name the app in the path, /v1.0/invoke/<app-id>/method/, or in a dapr-app-id header",
+            ),
+        ];
+        for (path, want) in cases {
+            assert_eq!(no_target_hint(path), want, "path {path}");
         }
     }
 }

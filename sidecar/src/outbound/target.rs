@@ -19,7 +19,7 @@ use crate::{
         Cause, Invocation, InvokeError, Method,
         error::chain,
         headers,
-        target::{self, TargetError, TargetName},
+        target::{self, TargetName},
         trace,
     },
     stacks::Step,
@@ -42,8 +42,7 @@ impl TargetContext {
     /// Where `target` is, in Dapr's order: a URL; else an HTTPEndpoint of the caller's
     /// namespace; else the caller itself; else an app ID.
     pub fn destination(&self, target: &str) -> Result<Destination, Cause> {
-        let name = target::classify(target)
-            .map_err(|TargetError::InvalidAppId(t)| Cause::InvalidAppId(t))?;
+        let name = target::classify(target).map_err(Cause::InvalidAppId)?;
         match name {
             TargetName::Url(url) => {
                 let Some(fqdn) = self.fqdn else {
@@ -143,7 +142,7 @@ where
             let baggage = trace::baggage(&parts.headers)
                 .map_err(|reason| InvokeError::untargeted(Cause::InvalidBaggage(reason)))?;
             let Some(found) = target::extract(&parts.headers, parts.uri.path()) else {
-                return Err(InvokeError::no_target());
+                return Err(InvokeError::no_target(parts.uri.path()));
             };
             let target = found.target;
             let fail = |cause: Cause| InvokeError::new(&target, cause);

@@ -51,7 +51,15 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub const STEP: Duration = Duration::from_secs(10);
 
 /// Dapr's answer when a request names no target, byte for byte.
-pub const NO_TARGET_BODY: &str = r#"{"errorCode":"ERR_DIRECT_INVOKE","message":"failed getting app id either from the URL path or the header dapr-app-id"}"#;
+/// The sidecar's 404 body when a request names no target: Dapr's text, then `hint` (what is
+/// missing and the URL that works).
+pub fn no_target_body(hint: &str) -> String {
+    serde_json::json!({
+        "errorCode": "ERR_DIRECT_INVOKE",
+        "message": format!("failed getting app id either from the URL path or the header dapr-app-id: {hint}"),
+    })
+    .to_string()
+}
 
 pub fn ferryd() -> &'static str {
     env!("CARGO_BIN_EXE_ferryd")
