@@ -6,8 +6,19 @@
 //! value and what is allowed, instead of a warning and a silent default. A present but empty
 //! annotation is treated as absent (the default applies); for `dapr.io/app-id` that means the
 //! pod name, as in Dapr.
+//!
+//! Beyond the values, [`read`] says what the pod's author should know about the annotations
+//! themselves ([`AnnotationWarning`], see [`dapr`]): Dapr's pre-1.0 names (`dapr.io/id`), read
+//! as the names that replaced them; misspelt names, with the closest real one; and Dapr's
+//! annotations that Ferry does not implement, which are ignored or refused.
+
+mod dapr;
 
 use std::collections::BTreeMap;
+
+pub use dapr::{
+    AnnotationWarning, DAPR_ANNOTATIONS, OLD_NAMES, closest_annotation, edit_distance, review,
+};
 
 use crate::{AppId, AppIdError, ports, size};
 
@@ -56,7 +67,63 @@ pub mod keys {
     pub const SIDECAR_SECCOMP_PROFILE_TYPE: &str = "dapr.io/sidecar-seccomp-profile-type";
     pub const ENABLE_NATIVE_SIDECAR: &str = "dapr.io/enable-native-sidecar";
     pub const SIDECAR_SVC_ANNOTATIONS: &str = "dapr.io/sidecar-svc-annotations";
+    pub const HTTP_READ_BUFFER_SIZE: &str = "dapr.io/http-read-buffer-size";
+    pub const APP_CHANNEL_ADDRESS: &str = "dapr.io/app-channel-address";
+
+    /// Every annotation Ferry supports.
+    pub const ALL: &[&str] = &[
+        ENABLED,
+        APP_ID,
+        APP_PORT,
+        APP_PROTOCOL,
+        APP_SSL,
+        CONFIG,
+        LOG_LEVEL,
+        LOG_AS_JSON,
+        ENABLE_METRICS,
+        METRICS_PORT,
+        SIDECAR_LISTEN_ADDRESSES,
+        MAX_BODY_SIZE,
+        HTTP_MAX_REQUEST_SIZE,
+        READ_BUFFER_SIZE,
+        HTTP_READ_BUFFER_SIZE,
+        APP_MAX_CONCURRENCY,
+        GRACEFUL_SHUTDOWN_SECONDS,
+        ENABLE_APP_HEALTH_CHECK,
+        APP_HEALTH_CHECK_PATH,
+        APP_HEALTH_PROBE_INTERVAL,
+        APP_HEALTH_PROBE_TIMEOUT,
+        APP_HEALTH_THRESHOLD,
+        SIDECAR_CPU_REQUEST,
+        SIDECAR_CPU_LIMIT,
+        SIDECAR_MEMORY_REQUEST,
+        SIDECAR_MEMORY_LIMIT,
+        LIVENESS_DELAY,
+        LIVENESS_TIMEOUT,
+        LIVENESS_PERIOD,
+        LIVENESS_THRESHOLD,
+        READINESS_DELAY,
+        READINESS_TIMEOUT,
+        READINESS_PERIOD,
+        READINESS_THRESHOLD,
+        SIDECAR_IMAGE,
+        ENV,
+        ENV_FROM_SECRET,
+        API_TOKEN_SECRET,
+        APP_TOKEN_SECRET,
+        VOLUME_MOUNTS,
+        VOLUME_MOUNTS_RW,
+        SIDECAR_SECCOMP_PROFILE_TYPE,
+        ENABLE_NATIVE_SIDECAR,
+        SIDECAR_SVC_ANNOTATIONS,
+        APP_CHANNEL_ADDRESS,
+    ];
 }
+
+/// The annotation in which the injector records its warnings about a pod's annotations, one
+/// per line; ferry-operator reports them as a Warning Event on the pod (pods that a controller
+/// creates show admission warnings to nobody).
+pub const INJECTION_WARNINGS: &str = "ferry.dev/injection-warnings";
 
 /// Labels the injector puts on an injected pod.
 pub mod labels {
@@ -124,6 +191,12 @@ pub enum AnnotationError {
         keys::APP_ID
     )]
     NoAppId,
+    /// A Dapr annotation Ferry does not implement, whose absence would surprise the app.
+    #[error("annotation {key} is not supported by Ferry: {why}")]
+    NotImplemented {
+        key: &'static str,
+        why: &'static str,
+    },
 }
 
 /// The protocol the sidecar uses to talk to the app (`dapr.io/app-protocol`, ferryd's
@@ -248,6 +321,11 @@ pub const DEFAULT_READINESS: ProbeTimings = ProbeTimings {
     failure_threshold: 5,
 };
 
+/// The largest value of the legacy sizes `dapr.io/http-max-request-size` (MB) and
+/// `dapr.io/http-read-buffer-size` (KB), as ferryd takes them.
+const LEGACY_MAX: u32 = 1_048_576;
+const LEGACY_RANGE: &str = "1..=1048576";
+
 /// The default of `dapr.io/sidecar-listen-addresses`.
 pub const DEFAULT_LISTEN_ADDRESSES: &str = "[::1],127.0.0.1";
 /// The default of `dapr.io/graceful-shutdown-seconds` (the sidecar treats < 0 as 5 s).
@@ -296,6 +374,10 @@ pub struct SidecarConfig {
     pub http_max_request_size_mb: Option<u32>,
     /// A byte size ferryd accepts (at least 8Ki), such as `16Ki`.
     pub read_buffer_size: Option<String>,
+    /// Legacy, in KB.
+    pub http_read_buffer_size_kb: Option<u32>,
+    /// The host the sidecar reaches the app at; `None`: ferryd's default, `127.0.0.1`.
+    pub app_channel_address: Option<String>,
     pub app_max_concurrency: Option<u32>,
     pub graceful_shutdown_seconds: i32,
     pub app_health_check: Option<AppHealthCheck>,
@@ -399,12 +481,22 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// The annotation that gives `key`'s value, and the value: `key` itself, else its pre-1.0
+    /// name; `None` when both are absent or empty. Errors name the annotation that was read.
+    fn lookup(&self, key: &'static str) -> Option<(&'static str, &'a str)> {
+        let value = |k: &'static str| {
+            self.annotations
+                .get(k)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(|v| (k, v))
+        };
+        value(key).or_else(|| dapr::old_name_of(key).and_then(value))
+    }
+
     /// The value, or `None` when absent or empty.
     fn get(&self, key: &'static str) -> Option<&'a str> {
-        self.annotations
-            .get(key)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
+        self.lookup(key).map(|(_, v)| v)
     }
 
     fn string(&self, key: &'static str) -> Option<String> {
@@ -412,7 +504,7 @@ impl<'a> Reader<'a> {
     }
 
     fn bool(&self, key: &'static str, default: bool) -> Result<bool, AnnotationError> {
-        self.get(key).map_or(Ok(default), |v| {
+        self.lookup(key).map_or(Ok(default), |(key, v)| {
             parse_bool(v).ok_or_else(|| AnnotationError::NotABool {
                 key,
                 value: v.to_owned(),
@@ -421,8 +513,8 @@ impl<'a> Reader<'a> {
     }
 
     fn port(&self, key: &'static str) -> Result<Option<u16>, AnnotationError> {
-        self.get(key)
-            .map(|v| match v.parse::<u16>() {
+        self.lookup(key)
+            .map(|(key, v)| match v.parse::<u16>() {
                 Ok(p) if p > 0 => Ok(p),
                 _ => Err(AnnotationError::NotAPort {
                     key,
@@ -432,15 +524,17 @@ impl<'a> Reader<'a> {
             .transpose()
     }
 
+    /// An integer in `min..=max`; `range` says so in the error.
     fn int<T: std::str::FromStr + PartialOrd>(
         &self,
         key: &'static str,
         min: T,
+        max: T,
         range: &'static str,
     ) -> Result<Option<T>, AnnotationError> {
-        self.get(key)
-            .map(|v| match v.parse::<T>() {
-                Ok(n) if n >= min => Ok(n),
+        self.lookup(key)
+            .map(|(key, v)| match v.parse::<T>() {
+                Ok(n) if n >= min && n <= max => Ok(n),
                 _ => Err(AnnotationError::NotAnInteger {
                     key,
                     value: v.to_owned(),
@@ -451,8 +545,8 @@ impl<'a> Reader<'a> {
     }
 
     fn quantity(&self, key: &'static str) -> Result<Option<String>, AnnotationError> {
-        self.get(key)
-            .map(|v| {
+        self.lookup(key)
+            .map(|(key, v)| {
                 if is_quantity(v) {
                     Ok(v.to_owned())
                 } else {
@@ -471,8 +565,8 @@ impl<'a> Reader<'a> {
         key: &'static str,
         parse: fn(&str) -> Result<u64, String>,
     ) -> Result<Option<String>, AnnotationError> {
-        self.get(key)
-            .map(|v| match parse(v) {
+        self.lookup(key)
+            .map(|(key, v)| match parse(v) {
                 Ok(_) => Ok(v.to_owned()),
                 Err(reason) => Err(AnnotationError::NotASize { key, reason }),
             })
@@ -486,16 +580,19 @@ impl<'a> Reader<'a> {
     ) -> Result<ProbeTimings, AnnotationError> {
         const NON_NEG: &str = "0..=2147483647";
         const POS: &str = "1..=2147483647";
+        const MAX: i32 = i32::MAX;
         Ok(ProbeTimings {
             initial_delay_seconds: self
-                .int(keys[0], 0, NON_NEG)?
+                .int(keys[0], 0, MAX, NON_NEG)?
                 .unwrap_or(default.initial_delay_seconds),
             timeout_seconds: self
-                .int(keys[1], 1, POS)?
+                .int(keys[1], 1, MAX, POS)?
                 .unwrap_or(default.timeout_seconds),
-            period_seconds: self.int(keys[2], 1, POS)?.unwrap_or(default.period_seconds),
+            period_seconds: self
+                .int(keys[2], 1, MAX, POS)?
+                .unwrap_or(default.period_seconds),
             failure_threshold: self
-                .int(keys[3], 1, POS)?
+                .int(keys[3], 1, MAX, POS)?
                 .unwrap_or(default.failure_threshold),
         })
     }
@@ -505,7 +602,7 @@ impl<'a> Reader<'a> {
         key: &'static str,
         format: &'static str,
     ) -> Result<Vec<(String, String)>, AnnotationError> {
-        let Some(v) = self.get(key) else {
+        let Some((key, v)) = self.lookup(key) else {
             return Ok(Vec::new());
         };
         split_pairs(v).ok_or_else(|| AnnotationError::BadList {
@@ -516,7 +613,7 @@ impl<'a> Reader<'a> {
     }
 
     fn mounts(&self, key: &'static str) -> Result<Vec<SidecarVolumeMount>, AnnotationError> {
-        let Some(v) = self.get(key) else {
+        let Some((key, v)) = self.lookup(key) else {
             return Ok(Vec::new());
         };
         let bad = || AnnotationError::BadList {
@@ -537,41 +634,105 @@ impl<'a> Reader<'a> {
             })
             .collect()
     }
+
+    /// A host to connect to: an IP address or a DNS name.
+    fn host(&self, key: &'static str) -> Result<Option<String>, AnnotationError> {
+        self.lookup(key)
+            .map(|(key, v)| {
+                if v.parse::<std::net::IpAddr>().is_ok() || is_dns_name(v) {
+                    Ok(v.to_owned())
+                } else {
+                    Err(AnnotationError::NotOneOf {
+                        key,
+                        value: v.to_owned(),
+                        allowed: "an IP address or a host name (no port, no scheme)",
+                    })
+                }
+            })
+            .transpose()
+    }
+}
+
+/// Whether `s` is a DNS name: dot-separated labels of letters, digits and inner `-`, each at
+/// most 63 characters, at most 253 in all.
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// What a pod's annotations say: the sidecar's configuration, or why the pod is refused, and
+/// in both cases the warnings for the pod's author (see [`review`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub config: Result<SidecarConfig, AnnotationError>,
+    pub warnings: Vec<AnnotationWarning>,
+}
+
+/// Reads a pod's annotations: [`review`], then [`SidecarConfig::from_annotations`]'s values.
+pub fn read(annotations: &BTreeMap<String, String>, pod_name: Option<&str>) -> Reading {
+    match review(annotations) {
+        Ok(warnings) => Reading {
+            config: SidecarConfig::values(annotations, pod_name),
+            warnings,
+        },
+        Err(refused) => Reading {
+            config: Err(refused),
+            warnings: Vec::new(),
+        },
+    }
 }
 
 impl SidecarConfig {
-    /// Parses a pod's annotations. `pod_name` is the app ID when `dapr.io/app-id` is absent.
+    /// Parses a pod's annotations, refusing what [`review`] refuses (its warnings are
+    /// dropped; [`read`] keeps them). `pod_name` is the app ID when `dapr.io/app-id` is absent.
     pub fn from_annotations(
         annotations: &BTreeMap<String, String>,
         pod_name: Option<&str>,
     ) -> Result<Self, AnnotationError> {
+        read(annotations, pod_name).config
+    }
+
+    /// The values alone. Dapr's pre-1.0 names count when the new name is absent.
+    fn values(
+        annotations: &BTreeMap<String, String>,
+        pod_name: Option<&str>,
+    ) -> Result<Self, AnnotationError> {
         let r = Reader { annotations };
-        let app_id = match r.get(keys::APP_ID).or(pod_name.filter(|n| !n.is_empty())) {
+        let app_id = match r.lookup(keys::APP_ID).or(pod_name
+            .filter(|n| !n.is_empty())
+            .map(|n| (keys::APP_ID, n)))
+        {
             None => return Err(AnnotationError::NoAppId),
-            Some(id) => AppId::new(id)
+            Some((key, id)) => AppId::new(id)
                 .and_then(|a| a.check_kubernetes().map(|()| a))
                 .map_err(|source| AnnotationError::BadAppId {
-                    key: keys::APP_ID,
+                    key,
                     value: id.to_owned(),
                     source,
                 })?,
         };
-        let app_protocol = match r.get(keys::APP_PROTOCOL) {
+        let app_protocol = match r.lookup(keys::APP_PROTOCOL) {
             None => AppProtocol::Http,
-            Some(v) => match v.to_ascii_lowercase().as_str() {
+            Some((key, v)) => match v.to_ascii_lowercase().as_str() {
                 "http" => AppProtocol::Http,
                 "https" => AppProtocol::Https,
                 "h2c" => AppProtocol::H2c,
                 "grpc" | "grpcs" => {
                     return Err(AnnotationError::Unsupported {
-                        key: keys::APP_PROTOCOL,
+                        key,
                         value: v.to_owned(),
                         supported: "http, https, h2c",
                     });
                 }
                 _ => {
                     return Err(AnnotationError::NotOneOf {
-                        key: keys::APP_PROTOCOL,
+                        key,
                         value: v.to_owned(),
                         allowed: "http, https, h2c, grpc, grpcs",
                     });
@@ -607,7 +768,9 @@ impl SidecarConfig {
                 });
             }
         };
+        // The ranges are ferryd's: what the injector admits, ferryd starts with.
         const POSITIVE: &str = "1..=4294967295";
+        const MAX: u32 = u32::MAX;
         let app_health_check = if r.bool(keys::ENABLE_APP_HEALTH_CHECK, false)? {
             let path = r
                 .string(keys::APP_HEALTH_CHECK_PATH)
@@ -622,12 +785,19 @@ impl SidecarConfig {
             let check = AppHealthCheck {
                 path,
                 probe_interval_seconds: r
-                    .int(keys::APP_HEALTH_PROBE_INTERVAL, 1, POSITIVE)?
+                    .int(keys::APP_HEALTH_PROBE_INTERVAL, 1, 86_400, "1..=86400")?
                     .unwrap_or(5),
                 probe_timeout_millis: r
-                    .int(keys::APP_HEALTH_PROBE_TIMEOUT, 1, POSITIVE)?
+                    .int(
+                        keys::APP_HEALTH_PROBE_TIMEOUT,
+                        1,
+                        86_400_000,
+                        "1..=86400000",
+                    )?
                     .unwrap_or(500),
-                threshold: r.int(keys::APP_HEALTH_THRESHOLD, 1, POSITIVE)?.unwrap_or(3),
+                threshold: r
+                    .int(keys::APP_HEALTH_THRESHOLD, 1, MAX, POSITIVE)?
+                    .unwrap_or(3),
             };
             // What ferryd would refuse to start with is refused here, where the pod's author
             // sees it, instead of in a crash-looping container.
@@ -682,11 +852,27 @@ impl SidecarConfig {
                 .string(keys::SIDECAR_LISTEN_ADDRESSES)
                 .unwrap_or_else(|| DEFAULT_LISTEN_ADDRESSES.into()),
             max_body_size: r.size(keys::MAX_BODY_SIZE, size::parse_size)?,
-            http_max_request_size_mb: r.int(keys::HTTP_MAX_REQUEST_SIZE, 1, POSITIVE)?,
+            http_max_request_size_mb: r.int(
+                keys::HTTP_MAX_REQUEST_SIZE,
+                1,
+                LEGACY_MAX,
+                LEGACY_RANGE,
+            )?,
             read_buffer_size: r.size(keys::READ_BUFFER_SIZE, size::parse_read_buffer_size)?,
-            app_max_concurrency: r.int(keys::APP_MAX_CONCURRENCY, 1, POSITIVE)?,
+            http_read_buffer_size_kb: r.int(
+                keys::HTTP_READ_BUFFER_SIZE,
+                1,
+                LEGACY_MAX,
+                LEGACY_RANGE,
+            )?,
+            app_max_concurrency: r.int(keys::APP_MAX_CONCURRENCY, 1, MAX, POSITIVE)?,
             graceful_shutdown_seconds: r
-                .int(keys::GRACEFUL_SHUTDOWN_SECONDS, -1, "-1..=2147483647")?
+                .int(
+                    keys::GRACEFUL_SHUTDOWN_SECONDS,
+                    -1,
+                    i32::MAX,
+                    "-1..=2147483647",
+                )?
                 .unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_SECONDS),
             app_health_check,
             resources: SidecarResources {
@@ -713,6 +899,7 @@ impl SidecarConfig {
                 ],
                 DEFAULT_READINESS,
             )?,
+            app_channel_address: r.host(keys::APP_CHANNEL_ADDRESS)?,
             image: r.string(keys::SIDECAR_IMAGE),
             env: r.pairs(keys::ENV, "NAME=value, comma-separated")?,
             env_from_secret,
@@ -755,6 +942,8 @@ mod tests {
             max_body_size: None,
             http_max_request_size_mb: None,
             read_buffer_size: None,
+            http_read_buffer_size_kb: None,
+            app_channel_address: None,
             app_max_concurrency: None,
             graceful_shutdown_seconds: -1,
             app_health_check: None,
@@ -833,6 +1022,29 @@ mod tests {
             }),
             (keys::APP_MAX_CONCURRENCY, "10", |c| {
                 c.app_max_concurrency = Some(10)
+            }),
+            (keys::HTTP_READ_BUFFER_SIZE, "64", |c| {
+                c.http_read_buffer_size_kb = Some(64)
+            }),
+            (keys::APP_CHANNEL_ADDRESS, "10.1.2.3", |c| {
+                c.app_channel_address = Some(s("10.1.2.3"))
+            }),
+            (keys::APP_CHANNEL_ADDRESS, "fd00::1", |c| {
+                c.app_channel_address = Some(s("fd00::1"))
+            }),
+            (keys::APP_CHANNEL_ADDRESS, "app.shop.svc", |c| {
+                c.app_channel_address = Some(s("app.shop.svc"))
+            }),
+            // Dapr's pre-1.0 names.
+            ("dapr.io/id", "cart", |c| {
+                c.app_id = AppId::new("cart").unwrap()
+            }),
+            ("dapr.io/port", "5000", |c| c.app_port = Some(5000)),
+            ("dapr.io/protocol", "h2c", |c| {
+                c.app_protocol = AppProtocol::H2c
+            }),
+            ("dapr.io/max-concurrency", "3", |c| {
+                c.app_max_concurrency = Some(3)
             }),
             (keys::GRACEFUL_SHUTDOWN_SECONDS, "30", |c| {
                 c.graceful_shutdown_seconds = 30
@@ -1089,7 +1301,50 @@ mod tests {
             ),
             (
                 vec![(keys::HTTP_MAX_REQUEST_SIZE, "0")],
-                r#"annotation dapr.io/http-max-request-size: "0" is not an integer in 1..=4294967295"#,
+                r#"annotation dapr.io/http-max-request-size: "0" is not an integer in 1..=1048576"#,
+            ),
+            // Above what ferryd takes: refused here rather than by a crash-looping sidecar.
+            (
+                vec![(keys::HTTP_MAX_REQUEST_SIZE, "1048577")],
+                r#"annotation dapr.io/http-max-request-size: "1048577" is not an integer in 1..=1048576"#,
+            ),
+            (
+                vec![(keys::HTTP_READ_BUFFER_SIZE, "-1")],
+                r#"annotation dapr.io/http-read-buffer-size: "-1" is not an integer in 1..=1048576"#,
+            ),
+            (
+                h(keys::APP_HEALTH_PROBE_INTERVAL, "86401"),
+                r#"annotation dapr.io/app-health-probe-interval: "86401" is not an integer in 1..=86400"#,
+            ),
+            (
+                vec![(keys::APP_CHANNEL_ADDRESS, "http://10.0.0.1")],
+                r#"annotation dapr.io/app-channel-address: "http://10.0.0.1" is not one of an IP address or a host name"#,
+            ),
+            (
+                vec![(keys::APP_CHANNEL_ADDRESS, "app.local:5000")],
+                "is not one of an IP address or a host name",
+            ),
+            // Errors in a value read under a pre-1.0 name name that annotation.
+            (
+                vec![("dapr.io/port", "70000")],
+                r#"annotation dapr.io/port: "70000" is not a port (1-65535)"#,
+            ),
+            (
+                vec![("dapr.io/id", "Cart")],
+                r#"annotation dapr.io/id: "Cart" is not a valid app ID"#,
+            ),
+            (
+                vec![("dapr.io/protocol", "grpc")],
+                r#"annotation dapr.io/protocol: "grpc" is not supported by Ferry"#,
+            ),
+            (
+                vec![("dapr.io/max-concurrency", "-1")],
+                r#"annotation dapr.io/max-concurrency: "-1" is not an integer"#,
+            ),
+            // A Dapr annotation whose absence would surprise the app.
+            (
+                vec![("dapr.io/unix-domain-socket-path", "/tmp/dapr")],
+                "annotation dapr.io/unix-domain-socket-path is not supported by Ferry: ferryd listens on TCP only",
             ),
             (
                 vec![(keys::APP_MAX_CONCURRENCY, "-1")],
@@ -1105,7 +1360,7 @@ mod tests {
             ),
             (
                 h(keys::APP_HEALTH_PROBE_INTERVAL, "0"),
-                r#"annotation dapr.io/app-health-probe-interval: "0" is not an integer in 1..=4294967295"#,
+                r#"annotation dapr.io/app-health-probe-interval: "0" is not an integer in 1..=86400"#,
             ),
             (
                 h(keys::APP_HEALTH_PROBE_TIMEOUT, "1s"),
@@ -1183,6 +1438,54 @@ mod tests {
                 "{pairs:?}: got {err:?}, want {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_new_name_wins_over_the_pre_1_0_one() {
+        let cfg = parse(&[
+            ("dapr.io/id", "old"),
+            (keys::APP_ID, "new"),
+            ("dapr.io/port", "70000"),
+            (keys::APP_PORT, "5000"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.app_id.as_str(), "new");
+        assert_eq!(
+            cfg.app_port,
+            Some(5000),
+            "the shadowed value is not even parsed"
+        );
+        // An empty new name is absent: the old one counts.
+        let cfg = parse(&[("dapr.io/port", "5000"), (keys::APP_PORT, "")]).unwrap();
+        assert_eq!(cfg.app_port, Some(5000));
+    }
+
+    #[test]
+    fn read_keeps_the_warnings_whether_or_not_the_pod_is_refused() {
+        let annotations = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let ok = read(
+            &annotations(&[("dapr.io/id", "cart"), ("dapr.io/app-prot", "1")]),
+            None,
+        );
+        assert_eq!(ok.config.unwrap().app_id.as_str(), "cart");
+        assert_eq!(ok.warnings.len(), 2, "{:?}", ok.warnings);
+        let bad = read(
+            &annotations(&[("dapr.io/app-prot", "1"), (keys::APP_PORT, "x")]),
+            Some("p"),
+        );
+        assert!(matches!(bad.config, Err(AnnotationError::NotAPort { .. })));
+        assert_eq!(
+            bad.warnings,
+            [AnnotationWarning::Unknown {
+                key: "dapr.io/app-prot".into(),
+                closest: Some(keys::APP_PORT)
+            }]
+        );
     }
 
     #[test]
