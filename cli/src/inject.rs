@@ -3,14 +3,18 @@
 //! Every Pod, and the pod template of every Deployment, StatefulSet, DaemonSet, ReplicaSet, Job
 //! and CronJob, goes through the same [`ferry_injector::plan`] as the webhook, without an
 //! authorization check. Other objects, and skipped pods, pass unchanged (a skip is noted on
-//! stderr). A denied pod prints its message and exits 1, with nothing on stdout.
+//! stderr). The webhook's warnings (an old or misspelt annotation, a Dapr feature Ferry
+//! ignores) go to stderr, one line each naming the object; the injected template records them
+//! too, so every pod made from it carries them to the operator, which shows them as an Event.
+//! A denied pod prints its message and exits 1, with nothing on stdout.
+//!
+//! The output names no namespace that the input did not: the sidecar reads its namespace from
+//! the downward API, so `ferry inject -f x.yaml | kubectl apply -n prod -f -` runs in `prod`.
 
 use std::io::Read;
 
 use clap::Args;
-use ferry_injector::{
-    Decision, InjectorConfig, NamespaceInfo, inject::DEFAULT_SIDECAR_IMAGE, plan,
-};
+use ferry_injector::{Decision, Injection, InjectorConfig, inject::DEFAULT_SIDECAR_IMAGE, plan};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
@@ -19,9 +23,6 @@ pub struct InjectArgs {
     /// Manifest files (multi-document YAML); `-` reads standard input.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<String>,
-    /// The namespace of objects that do not name one.
-    #[arg(short, long, env = "FERRY_NAMESPACE", default_value = "default")]
-    pub namespace: String,
     /// The sidecar image, unless a pod's `dapr.io/sidecar-image` names one.
     #[arg(long, env = "FERRY_SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
     pub sidecar_image: String,
@@ -70,7 +71,7 @@ pub fn main(args: InjectArgs) -> i32 {
         sidecar_image: args.sidecar_image.clone(),
         ..Default::default()
     };
-    match inject_all(&inputs, &args.namespace, &cfg) {
+    match inject_all(&inputs, &cfg) {
         Ok((yaml, notes)) => {
             for note in notes {
                 eprintln!("ferry inject: {note}");
@@ -100,11 +101,10 @@ fn read(file: &str) -> Result<String, InjectError> {
     })
 }
 
-/// Injects every document of every input; returns the YAML and the notes about skipped pods, or
-/// every error.
+/// Injects every document of every input; returns the YAML and the notes (skipped pods, and
+/// the warnings, one per line), or every error.
 pub fn inject_all(
     inputs: &[(String, String)],
-    default_ns: &str,
     cfg: &InjectorConfig,
 ) -> Result<(String, Vec<String>), Vec<InjectError>> {
     let mut docs = Vec::new();
@@ -122,9 +122,8 @@ pub fn inject_all(
             }
         };
         for mut doc in parsed.into_iter().filter(|d| !d.is_null()) {
-            match inject_object(&mut doc, default_ns, cfg) {
-                Ok(Some(note)) => notes.push(note),
-                Ok(None) => {}
+            match inject_object(&mut doc, cfg) {
+                Ok(more) => notes.extend(more),
                 Err(e) => errors.push(e),
             }
             docs.push(doc);
@@ -153,27 +152,19 @@ fn template_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
-/// Injects one object in place; returns a note when its pod was skipped.
-fn inject_object(
-    doc: &mut Value,
-    default_ns: &str,
-    cfg: &InjectorConfig,
-) -> Result<Option<String>, InjectError> {
+/// Injects one object in place; returns its notes: that its pod was skipped, or the warnings.
+fn inject_object(doc: &mut Value, cfg: &InjectorConfig) -> Result<Vec<String>, InjectError> {
     let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
     let Some(pointer) = template_pointer(&kind) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let name = doc["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     let object = format!("{kind}/{name}");
-    let namespace = doc["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or(default_ns)
-        .to_owned();
     let Some(template) = doc.pointer_mut(pointer).filter(|t| t.is_object()) else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     if !template["metadata"].is_object() {
         template["metadata"] = json!({});
@@ -183,23 +174,23 @@ fn inject_object(
     if pod_value["metadata"]["name"].is_null() && !name.is_empty() {
         pod_value["metadata"]["name"] = json!(name);
     }
-    pod_value["metadata"]["namespace"] = json!(namespace);
     let pod: Pod =
         serde_json::from_value(pod_value).map_err(|source| InjectError::BadTemplate {
             object: object.clone(),
             source,
         })?;
-    let ns = NamespaceInfo {
-        name: namespace,
-        ..Default::default()
-    };
-    match plan(&pod, &ns, cfg, None) {
-        Decision::Inject(patch) => {
-            json_patch::patch(template, &patch)
-                .map_err(|source| InjectError::Patch { object, source })?;
-            Ok(None)
+    match plan(&pod, cfg, None) {
+        Decision::Inject(Injection { patch, warnings }) => {
+            json_patch::patch(template, &patch).map_err(|source| InjectError::Patch {
+                object: object.clone(),
+                source,
+            })?;
+            Ok(warnings
+                .iter()
+                .map(|w| format!("{object}: warning: {w}"))
+                .collect())
         }
-        Decision::Skip(reason) => Ok(Some(format!("{object}: skipped ({})", reason.as_str()))),
+        Decision::Skip(reason) => Ok(vec![format!("{object}: skipped ({})", reason.as_str())]),
         Decision::Deny(message) => Err(InjectError::Denied { object, message }),
     }
 }

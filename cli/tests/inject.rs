@@ -112,7 +112,7 @@ fn injects_workloads_and_passes_the_rest_unchanged() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    // The Deployment's name is the app ID; the namespace is the Deployment's.
+    // The Deployment's name is the app ID; the namespace is the pod's, at run time.
     assert!(
         args.windows(2).any(|w| w == ["--app-id", "orders"]),
         "{args:?}"
@@ -121,10 +121,7 @@ fn injects_workloads_and_passes_the_rest_unchanged() {
         args.windows(2).any(|w| w == ["--app-port", "8080"]),
         "{args:?}"
     );
-    assert!(
-        args.windows(2).any(|w| w == ["--namespace", "shop"]),
-        "{args:?}"
-    );
+    assert!(!args.contains(&"--namespace"), "{args:?}");
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
     assert_eq!(labels["dapr.io/sidecar-injected"], "true");
     assert_eq!(labels["app"], "orders");
@@ -229,5 +226,108 @@ fn injects_every_workload_kind() {
         );
         let app_id = &doc["spec"]["template"]["metadata"]["labels"]["dapr.io/app-id"];
         assert_eq!(app_id, &doc["metadata"]["name"]);
+    }
+}
+
+/// The oldest Dapr docs' Deployment: pre-1.0 annotation names, no namespace.
+const OLD_DAPR_DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: cart
+spec:
+  selector:
+    matchLabels: {app: cart}
+  template:
+    metadata:
+      labels: {app: cart}
+      annotations:
+        dapr.io/enabled: "true"
+        dapr.io/id: "cart"
+        dapr.io/port: "5000"
+        dapr.io/app-prot: "5000"
+    spec:
+      containers:
+        - name: cart
+          image: shop/cart:1
+          ports: [{containerPort: 5000}]
+"#;
+
+#[test]
+fn warnings_go_to_stderr_one_line_each_naming_the_object_and_the_annotation() {
+    let out = inject(&["-f", "-"], OLD_DAPR_DEPLOYMENT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let want = [
+        "ferry inject: Deployment/cart: warning: annotation dapr.io/app-prot is not a Dapr annotation, ignored; did you mean dapr.io/app-port?",
+        "ferry inject: Deployment/cart: warning: annotation dapr.io/id is Dapr's pre-1.0 name of dapr.io/app-id: read as dapr.io/app-id; rename it",
+        "ferry inject: Deployment/cart: warning: annotation dapr.io/port is Dapr's pre-1.0 name of dapr.io/app-port: read as dapr.io/app-port; rename it",
+    ];
+    assert_eq!(stderr.lines().collect::<Vec<_>>(), want, "{stderr}");
+
+    // The old names are read: the sidecar is app cart on port 5000.
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let template = &docs[0]["spec"]["template"];
+    let args: Vec<&str> = template["spec"]["containers"][1]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--app-id", "cart"]),
+        "{args:?}"
+    );
+    assert!(
+        args.windows(2).any(|w| w == ["--app-port", "5000"]),
+        "{args:?}"
+    );
+    // Each pod made from the template carries the warnings to the operator's Event.
+    let recorded = template["metadata"]["annotations"]["ferry.dev/injection-warnings"]
+        .as_str()
+        .unwrap();
+    let lines: Vec<String> = want
+        .iter()
+        .map(|l| l.split_once("warning: ").unwrap().1.to_owned())
+        .collect();
+    assert_eq!(recorded, lines.join("\n"));
+}
+
+/// Every string in a YAML document, keys and values.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+        Value::Object(o) => o.iter().for_each(|(k, v)| {
+            out.push(k.clone());
+            strings(v, out);
+        }),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_output_bakes_in_no_namespace() {
+    let out = inject(&["-f", "-"], OLD_DAPR_DEPLOYMENT);
+    assert!(out.status.success());
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    // `kubectl apply -n prod` decides: no object, no flag, no value names a namespace.
+    let mut all = Vec::new();
+    strings(&docs[0], &mut all);
+    for banned in ["namespace", "--namespace", "default"] {
+        assert!(!all.iter().any(|s| s == banned), "{banned:?} in {all:?}");
+    }
+    let daprd = &docs[0]["spec"]["template"]["spec"]["containers"][1];
+    let env = daprd["env"].as_array().unwrap();
+    for (name, path) in [
+        ("NAMESPACE", "metadata.namespace"),
+        ("POD_NAME", "metadata.name"),
+        ("POD_IP", "status.podIP"),
+    ] {
+        let var = env.iter().find(|e| e["name"] == name).unwrap();
+        assert_eq!(var["valueFrom"]["fieldRef"]["fieldPath"], path, "{var}");
+        assert!(var.get("value").is_none(), "{var}");
     }
 }

@@ -8,7 +8,14 @@ use kube::core::{
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
 };
 
-use crate::inject::{self, Decision, InjectorConfig, NamespaceInfo, SkipReason, UserInfo};
+use crate::inject::{
+    self, Decision, INJECTION_WARNINGS, Injection, InjectorConfig, SkipReason, UserInfo,
+};
+
+/// The most warning text one answer carries. The API server keeps 4096 characters of warnings
+/// for a whole request, from every webhook and its own checks, and past that drops the rest
+/// without a word: ours stay well inside, the rest counted in a last line.
+pub const MAX_WARNINGS_BYTES: usize = 2048;
 
 /// The review versions the API server may send (`admissionReviewVersions`).
 pub const SUPPORTED_VERSIONS: [&str; 2] = ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"];
@@ -121,30 +128,29 @@ fn answer(req: &AdmissionRequest<DynamicObject>, cfg: &InjectorConfig) -> Answer
             );
         }
     };
-    let namespace = NamespaceInfo {
-        name: req
-            .namespace
-            .clone()
-            .or_else(|| pod.metadata.namespace.clone())
-            .unwrap_or_else(|| "default".into()),
-        ..Default::default()
-    };
     let user = UserInfo {
         username: req.user_info.username.clone().unwrap_or_default(),
         groups: req.user_info.groups.clone().unwrap_or_default(),
     };
-    match inject::plan(&pod, &namespace, cfg, Some(&user)) {
+    match inject::plan(&pod, cfg, Some(&user)) {
         Decision::Skip(reason) => skip(reason),
         Decision::Deny(message) => refuse(allowed, "deny", "invalid_annotation", message),
-        Decision::Inject(patch) => match allowed.with_patch(patch) {
-            Ok(response) => Answer {
-                review: response.into_review(),
-                verdict: Verdict {
-                    decision: "inject",
-                    reason: "patched",
-                },
-                message: None,
-            },
+        Decision::Inject(Injection { patch, warnings }) => match allowed.with_patch(patch) {
+            Ok(mut response) => {
+                // kubectl prints these to whoever created the pod; a controller's pods show
+                // them to nobody, which the annotation and the operator's Event are for.
+                if !warnings.is_empty() {
+                    response.warnings = Some(response_warnings(&warnings));
+                }
+                Answer {
+                    review: response.into_review(),
+                    verdict: Verdict {
+                        decision: "inject",
+                        reason: "patched",
+                    },
+                    message: None,
+                }
+            }
             Err(e) => refuse(
                 AdmissionResponse::from(req),
                 "error",
@@ -153,6 +159,15 @@ fn answer(req: &AdmissionRequest<DynamicObject>, cfg: &InjectorConfig) -> Answer
             ),
         },
     }
+}
+
+/// The warnings of an answer, within [`MAX_WARNINGS_BYTES`].
+fn response_warnings(warnings: &[String]) -> Vec<String> {
+    inject::fit_warnings(
+        warnings,
+        MAX_WARNINGS_BYTES,
+        &format!("more warnings: see the pod's annotation {INJECTION_WARNINGS}"),
+    )
 }
 
 fn pod_of(object: &DynamicObject) -> Result<Pod, String> {
@@ -241,10 +256,79 @@ mod tests {
                 .iter()
                 .find(|op| op["path"] == "/spec/containers/-")
                 .expect("the sidecar is added");
+            // The namespace is the pod's, from the downward API, not the request's.
             let args = sidecar["value"]["args"].as_array().unwrap();
-            let ns = args.iter().position(|a| a == "--namespace").unwrap();
-            assert_eq!(args[ns + 1], "shop", "the request's namespace is used");
+            assert!(!args.iter().any(|a| a == "--namespace"), "{args:?}");
+            let env = sidecar["value"]["env"].as_array().unwrap();
+            assert_eq!(
+                env.iter().find(|e| e["name"] == "NAMESPACE").unwrap(),
+                &json!({"name": "NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}})
+            );
+            assert!(resp.get("warnings").is_none(), "{resp}");
         }
+    }
+
+    fn patch_of(resp: &Value) -> Value {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(resp["patch"].as_str().unwrap())
+            .unwrap();
+        serde_json::from_slice(&raw).unwrap()
+    }
+
+    #[test]
+    fn warnings_are_answered_and_recorded_in_the_pod() {
+        let out = answer_json(&review_body(
+            "admission.k8s.io/v1",
+            pod(json!({"dapr.io/enabled": "true", "dapr.io/id": "cart", "dapr.io/port": "5000"})),
+        ));
+        let resp = &out["response"];
+        assert_eq!(resp["allowed"], true);
+        let want = [
+            "annotation dapr.io/id is Dapr's pre-1.0 name of dapr.io/app-id: read as dapr.io/app-id; rename it",
+            "annotation dapr.io/port is Dapr's pre-1.0 name of dapr.io/app-port: read as dapr.io/app-port; rename it",
+        ];
+        assert_eq!(resp["warnings"], json!(want));
+        let patch = patch_of(resp);
+        let recorded = patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["path"] == "/metadata/annotations/ferry.dev~1injection-warnings")
+            .expect("the warnings are recorded in the pod");
+        assert_eq!(recorded["value"], want.join("\n"));
+    }
+
+    #[test]
+    fn many_warnings_stay_within_the_api_servers_limits_and_are_counted() {
+        let mut annotations = json!({"dapr.io/enabled": "true", "dapr.io/app-id": "cart"});
+        for i in 0..100 {
+            annotations[format!("dapr.io/unknown-annotation-number-{i:03}")] = json!("x");
+        }
+        let out = answer_json(&review_body("admission.k8s.io/v1", pod(annotations)));
+        let warnings: Vec<String> =
+            serde_json::from_value(out["response"]["warnings"].clone()).unwrap();
+        let total: usize = warnings.iter().map(String::len).sum();
+        assert!(total <= MAX_WARNINGS_BYTES, "{total} bytes");
+        assert!(warnings.iter().all(|w| w.len() <= 256));
+        let shown = warnings.len() - 1;
+        assert!(shown > 10, "{warnings:?}");
+        assert_eq!(
+            warnings.last().unwrap(),
+            &format!(
+                "and {} more warnings: see the pod's annotation ferry.dev/injection-warnings",
+                100 - shown
+            )
+        );
+        // The annotation keeps them all.
+        let patch = patch_of(&out["response"]);
+        let recorded = patch
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["path"] == "/metadata/annotations/ferry.dev~1injection-warnings")
+            .unwrap();
+        assert_eq!(recorded["value"].as_str().unwrap().lines().count(), 100);
     }
 
     #[test]

@@ -75,13 +75,6 @@ impl Default for InjectorConfig {
     }
 }
 
-/// What the injector knows about the pod's namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NamespaceInfo {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
-
 /// Who asked for the pod (the admission request's `userInfo`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default)]
@@ -125,20 +118,34 @@ impl SkipReason {
 /// The outcome for one pod.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    Inject(Patch),
+    Inject(Injection),
     Skip(SkipReason),
-    /// Refuse the pod, with a message for its creator.
+    /// Refuse the pod, with a message for its creator (the warnings, if any, included).
     Deny(String),
 }
 
+/// The sidecar's patch, and what the pod's author should know about its annotations (each
+/// message on one line, at most 256 bytes; all of them, unclipped). The patch records them in
+/// the pod's annotation [`INJECTION_WARNINGS`] too, for the pods nobody watches being created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    pub patch: Patch,
+    pub warnings: Vec<String>,
+}
+
+/// The annotation in which the patch records the warnings, one per line (see
+/// [`record_warnings`]); ferry-operator reports them as an Event on the pod.
+pub use annotations::INJECTION_WARNINGS;
+
+/// The most the injection-warnings annotation holds (the API server allows 256 KiB for all of
+/// a pod's annotations).
+pub const MAX_RECORDED_WARNINGS_BYTES: usize = 32 * 1024;
+
 /// Decides whether and how to inject the sidecar into `pod`. `user` is `None` offline
-/// (`ferry inject`), where no authorization applies.
-pub fn plan(
-    pod: &Pod,
-    ns: &NamespaceInfo,
-    cfg: &InjectorConfig,
-    user: Option<&UserInfo>,
-) -> Decision {
+/// (`ferry inject`), where no authorization applies. Nothing depends on the pod's namespace:
+/// the sidecar reads it from the downward API, so a manifest injected offline works in
+/// whatever namespace it is applied to.
+pub fn plan(pod: &Pod, cfg: &InjectorConfig, user: Option<&UserInfo>) -> Decision {
     let empty = BTreeMap::new();
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     if !annotations::is_enabled(pod_annotations) {
@@ -162,11 +169,13 @@ pub fn plan(
     if has_sidecar {
         return Decision::Skip(SkipReason::AlreadyInjected);
     }
-    let sidecar =
-        match SidecarConfig::from_annotations(pod_annotations, pod.metadata.name.as_deref()) {
-            Ok(s) => s,
-            Err(e) => return Decision::Deny(e.to_string()),
-        };
+    let reading = annotations::read(pod_annotations, pod.metadata.name.as_deref());
+    let warnings: Vec<String> = reading.warnings.iter().map(ToString::to_string).collect();
+    let deny = |message: String| Decision::Deny(with_warnings(message, &warnings));
+    let sidecar = match reading.config {
+        Ok(s) => s,
+        Err(e) => return deny(e.to_string()),
+    };
     let pod_volumes: Vec<&str> = spec
         .volumes
         .iter()
@@ -184,7 +193,7 @@ pub fn plan(
             .iter()
             .find(|m| !pod_volumes.contains(&m.volume.as_str()))
         {
-            return Decision::Deny(format!(
+            return deny(format!(
                 "annotation {key}: volume {:?} is not a volume of the pod (its volumes: {})",
                 m.volume,
                 if pod_volumes.is_empty() {
@@ -195,7 +204,70 @@ pub fn plan(
             ));
         }
     }
-    Decision::Inject(build_patch(pod, ns, cfg, &sidecar))
+    Decision::Inject(Injection {
+        patch: build_patch(pod, cfg, &sidecar, &warnings),
+        warnings,
+    })
+}
+
+/// A refusal, with the warnings after it: a misspelt annotation is often why a pod is refused
+/// (`dapr.io/app-prot` and a health check that needs `dapr.io/app-port`), and a Deployment's
+/// author sees only the message, in the ReplicaSet's events.
+fn with_warnings(message: String, warnings: &[String]) -> String {
+    if warnings.is_empty() {
+        return message;
+    }
+    let shown = fit_warnings(warnings, 2048, "more warnings");
+    format!("{message} (also: {})", shown.join("; "))
+}
+
+/// At most `budget` bytes of `warnings`, each clipped to the 256 bytes the API server keeps of
+/// an admission warning; what does not fit is counted in a last line (`and 3 {rest}`), never
+/// dropped silently.
+pub fn fit_warnings(warnings: &[String], budget: usize, rest: &str) -> Vec<String> {
+    const MAX_WARNING: usize = 256;
+    let clipped: Vec<String> = warnings.iter().map(|w| clip(w, MAX_WARNING)).collect();
+    if clipped.iter().map(String::len).sum::<usize>() <= budget {
+        return clipped;
+    }
+    // Room for the last line.
+    let budget = budget.saturating_sub(MAX_WARNING);
+    let mut shown = Vec::new();
+    let mut used = 0;
+    for (i, w) in clipped.into_iter().enumerate() {
+        if used + w.len() > budget {
+            shown.push(clip(
+                &format!("and {} {rest}", warnings.len() - i),
+                MAX_WARNING,
+            ));
+            break;
+        }
+        used += w.len();
+        shown.push(w);
+    }
+    shown
+}
+
+/// `s` in at most `max` bytes, ending in `…` when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The value of [`INJECTION_WARNINGS`]: one warning per line.
+pub fn record_warnings(warnings: &[String]) -> String {
+    fit_warnings(
+        warnings,
+        MAX_RECORDED_WARNINGS_BYTES,
+        "more warnings, not kept here (fix the ones above first)",
+    )
+    .join("\n")
 }
 
 fn is_authorized(user: &UserInfo, cfg: &InjectorConfig) -> bool {
@@ -230,7 +302,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn build_patch(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig, sc: &SidecarConfig) -> Patch {
+fn build_patch(pod: &Pod, cfg: &InjectorConfig, sc: &SidecarConfig, warnings: &[String]) -> Patch {
     let no_spec = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&no_spec);
     let mut ops = Vec::new();
@@ -260,7 +332,7 @@ fn build_patch(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig, sc: &Sidecar
     }
 
     // 3. The sidecar.
-    let container = to_value(&sidecar_container(pod, ns, cfg, sc, needs_token));
+    let container = to_value(&sidecar_container(cfg, sc, needs_token));
     if sc.native_sidecar {
         if spec.init_containers.is_none() {
             add(&mut ops, path(["spec", "initContainers"]), json!([]));
@@ -280,6 +352,14 @@ fn build_patch(pod: &Pod, ns: &NamespaceInfo, cfg: &InjectorConfig, sc: &Sidecar
         ),
     ] {
         add(&mut ops, path(["metadata", "labels", label]), json!(value));
+    }
+    // `metadata.annotations` exists: `dapr.io/enabled` is in it.
+    if !warnings.is_empty() {
+        add(
+            &mut ops,
+            path(["metadata", "annotations", INJECTION_WARNINGS]),
+            json!(record_warnings(warnings)),
+        );
     }
 
     // 5. The app containers learn where their sidecar is.
@@ -399,8 +479,9 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
 }
 
 /// The ferryd flags, daprd-style (the daprd arguments of
-/// `dapr/pkg/injector/patcher/sidecar_container.go`).
-pub fn sidecar_args(ns: &str, sc: &SidecarConfig) -> Vec<String> {
+/// `dapr/pkg/injector/patcher/sidecar_container.go`). No `--namespace`: ferryd reads
+/// `NAMESPACE`, which the downward API sets, as daprd does.
+pub fn sidecar_args(sc: &SidecarConfig) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut flag = |name: &str, value: Option<String>| {
         args.push(format!("--{name}"));
@@ -414,7 +495,6 @@ pub fn sidecar_args(ns: &str, sc: &SidecarConfig) -> Vec<String> {
     flag("dapr-public-port", Some(ports::PUBLIC.to_string()));
     flag("app-id", Some(sc.app_id.to_string()));
     flag("app-protocol", Some(sc.app_protocol.as_str().into()));
-    flag("namespace", Some(ns.into()));
     flag("log-level", Some(sc.log_level.name().into()));
     flag(
         "dapr-graceful-shutdown-seconds",
@@ -445,6 +525,12 @@ pub fn sidecar_args(ns: &str, sc: &SidecarConfig) -> Vec<String> {
     if let Some(size) = &sc.read_buffer_size {
         flag("read-buffer-size", Some(size.clone()));
     }
+    if let Some(kb) = sc.http_read_buffer_size_kb {
+        flag("dapr-http-read-buffer-size", Some(kb.to_string()));
+    }
+    if let Some(host) = &sc.app_channel_address {
+        flag("app-channel-address", Some(host.clone()));
+    }
     if let Some(n) = sc.app_max_concurrency {
         flag("app-max-concurrency", Some(n.to_string()));
     }
@@ -464,34 +550,23 @@ pub fn sidecar_args(ns: &str, sc: &SidecarConfig) -> Vec<String> {
     args
 }
 
-fn sidecar_container(
-    pod: &Pod,
-    ns: &NamespaceInfo,
-    cfg: &InjectorConfig,
-    sc: &SidecarConfig,
-    token_volume: bool,
-) -> Container {
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| ns.name.clone());
+fn sidecar_container(cfg: &InjectorConfig, sc: &SidecarConfig, token_volume: bool) -> Container {
+    let downward = |name: &str, path: &str| {
+        env_from(
+            name,
+            EnvVarSource {
+                field_ref: Some(field(path)),
+                ..Default::default()
+            },
+        )
+    };
+    // The pod's own facts come from the downward API, never from the admission request: a
+    // ReplicaSet's pods have no name yet, and a manifest injected offline is applied wherever
+    // `kubectl apply -n` says.
     let mut env_vars = vec![
-        env("NAMESPACE", namespace.clone()),
-        env_from(
-            "POD_NAME",
-            EnvVarSource {
-                field_ref: Some(field("metadata.name")),
-                ..Default::default()
-            },
-        ),
-        env_from(
-            "POD_IP",
-            EnvVarSource {
-                field_ref: Some(field("status.podIP")),
-                ..Default::default()
-            },
-        ),
+        downward("NAMESPACE", "metadata.namespace"),
+        downward("POD_NAME", "metadata.name"),
+        downward("POD_IP", "status.podIP"),
         env(
             "DAPR_CONTROLPLANE_NAMESPACE",
             cfg.control_plane_namespace.clone(),
@@ -572,7 +647,7 @@ fn sidecar_container(
         ),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
         command: Some(vec![FERRYD_PATH.into()]),
-        args: Some(sidecar_args(&namespace, sc)),
+        args: Some(sidecar_args(sc)),
         env: Some(env_vars),
         ports: Some(vec![
             port("dapr-http", ports::HTTP_API),
@@ -698,6 +773,34 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len());
+    }
+
+    #[test]
+    fn warnings_are_clipped_and_what_does_not_fit_is_counted() {
+        let long = "é".repeat(200); // 400 bytes
+        let clipped = clip(&long, 256);
+        assert!(clipped.len() <= 256 && clipped.ends_with('…'), "{clipped}");
+        assert_eq!(clip("short", 256), "short");
+
+        let warnings: Vec<String> = (0..10)
+            .map(|i| format!("warning {i:02} {}", "x".repeat(89)))
+            .collect();
+        // 100 bytes each; 256 of the budget are kept for the last line.
+        let shown = fit_warnings(&warnings, 756, "more");
+        assert_eq!(shown.len(), 6, "{shown:?}");
+        assert_eq!(shown[..5], warnings[..5]);
+        assert_eq!(shown[5], "and 5 more");
+        assert_eq!(
+            fit_warnings(&warnings, 1000, "more"),
+            warnings,
+            "all fit exactly"
+        );
+        assert_eq!(fit_warnings(&[], 10, "more"), Vec::<String>::new());
+        assert_eq!(
+            fit_warnings(&[long], 10_000, "more"),
+            [clipped],
+            "each one within 256 bytes"
+        );
     }
 
     #[test]

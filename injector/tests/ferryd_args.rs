@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, fs, path::Path};
 
 use clap::Parser;
-use ferry_injector::{Decision, InjectorConfig, NamespaceInfo, plan};
+use ferry_injector::{Decision, Injection, InjectorConfig, plan};
 use ferry_sidecar::{ConfigError, SidecarArgs};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
@@ -94,12 +94,8 @@ fn pod(annotations: &[(&str, &str)]) -> Pod {
 
 /// The daprd args for a pod with these annotations; `None` when the injector denies it.
 fn try_injected_args(annotations: &[(&str, &str)]) -> Option<Vec<String>> {
-    let ns = NamespaceInfo {
-        name: "shop".into(),
-        ..Default::default()
-    };
-    match plan(&pod(annotations), &ns, &InjectorConfig::default(), None) {
-        Decision::Inject(patch) => Some(
+    match plan(&pod(annotations), &InjectorConfig::default(), None) {
+        Decision::Inject(Injection { patch, .. }) => Some(
             daprd_container(&serde_json::to_value(&patch).unwrap())
                 .expect("a daprd container")
                 .1,
@@ -131,6 +127,8 @@ fn every_flag_the_injector_can_write_starts_ferryd() {
         ("dapr.io/max-body-size", "16Mi"),
         ("dapr.io/http-max-request-size", "8"),
         ("dapr.io/read-buffer-size", "64Ki"),
+        ("dapr.io/http-read-buffer-size", "32"),
+        ("dapr.io/app-channel-address", "10.1.2.3"),
         ("dapr.io/app-max-concurrency", "10"),
         ("dapr.io/graceful-shutdown-seconds", "30"),
         ("dapr.io/enable-app-health-check", "true"),
@@ -150,7 +148,6 @@ fn every_flag_the_injector_can_write_starts_ferryd() {
         "dapr-public-port",
         "app-id",
         "app-protocol",
-        "namespace",
         "log-level",
         "dapr-graceful-shutdown-seconds",
         "app-port",
@@ -162,6 +159,8 @@ fn every_flag_the_injector_can_write_starts_ferryd() {
         "max-body-size",
         "dapr-http-max-request-size",
         "read-buffer-size",
+        "dapr-http-read-buffer-size",
+        "app-channel-address",
         "app-max-concurrency",
         "enable-app-health-check",
         "app-health-check-path",
@@ -172,8 +171,13 @@ fn every_flag_the_injector_can_write_starts_ferryd() {
         assert!(flags.contains(&flag), "--{flag} missing from {args:?}");
     }
     assert_eq!(ferryd_accepts(&args), Ok(()), "{args:?}");
+    assert!(
+        !flags.contains(&"namespace"),
+        "the namespace comes from NAMESPACE (the downward API): {args:?}"
+    );
 
-    let cli = Ferryd::try_parse_from(std::iter::once("ferryd".to_owned()).chain(args)).unwrap();
+    let cli =
+        Ferryd::try_parse_from(std::iter::once("ferryd".to_owned()).chain(args.clone())).unwrap();
     let s = cli.sidecar.settings_with(Some(POD_IP.to_owned())).unwrap();
     assert_eq!(s.max_body, 16 << 20, "--max-body-size wins, as in daprd");
     assert_eq!(s.max_concurrency, Some(10));
@@ -182,6 +186,8 @@ fn every_flag_the_injector_can_write_starts_ferryd() {
     assert!(s.internal.ip().is_unspecified());
     assert_eq!(s.host_ip.to_string(), POD_IP);
     assert_eq!(s.app_health.unwrap().path, "/ready");
+    assert_eq!(s.max_head, 64 << 10, "--read-buffer-size wins, as in daprd");
+    assert_eq!(s.app.unwrap().address, "10.1.2.3");
 }
 
 type Annotations = &'static [(&'static str, &'static str)];
@@ -200,6 +206,29 @@ fn annotation_combinations_the_injector_admits() {
         (&[("dapr.io/app-max-concurrency", "1")], None),
         (&[("dapr.io/http-max-request-size", "1")], None),
         (&[("dapr.io/enable-metrics", "false")], None),
+        // The largest values the injector admits.
+        (
+            &[
+                ("dapr.io/http-max-request-size", "1048576"),
+                ("dapr.io/http-read-buffer-size", "1048576"),
+                ("dapr.io/app-max-concurrency", "4294967295"),
+            ],
+            None,
+        ),
+        (
+            &[
+                ("dapr.io/app-port", "8080"),
+                ("dapr.io/enable-app-health-check", "true"),
+                ("dapr.io/app-health-probe-interval", "86400"),
+                ("dapr.io/app-health-probe-timeout", "86400000"),
+            ],
+            None,
+        ),
+        // Read under Dapr's pre-1.0 names.
+        (
+            &[("dapr.io/port", "5000"), ("dapr.io/max-concurrency", "2")],
+            None,
+        ),
         (
             &[
                 ("dapr.io/app-port", "8080"),

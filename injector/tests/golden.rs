@@ -1,14 +1,19 @@
-//! Golden fixtures: `tests/fixtures/<case>/pod.yaml` (plus optional `namespace.yaml`,
-//! `config.yaml` with an `InjectorConfig`, and `user.yaml` with the requesting `UserInfo`) →
-//! `expected.patch.json`. An injected pod's file holds the JSON patch; a skipped one holds
-//! `{"skip": "<reason>"}` and a denied one `{"deny": "<message>"}`.
+//! Golden fixtures: `tests/fixtures/<case>/pod.yaml` (plus optional `config.yaml` with an
+//! `InjectorConfig`, and `user.yaml` with the requesting `UserInfo`) → `expected.patch.json`.
+//! An injected pod's file holds the JSON patch (its warnings, if any, are in the patch: the
+//! `ferry.dev/injection-warnings` annotation); a skipped one holds `{"skip": "<reason>"}` and a
+//! denied one `{"deny": "<message>"}`.
 //!
 //! `BLESS=1 cargo test -p ferry-injector` rewrites the expected files.
 
 use std::{fs, path::Path};
 
-use ferry_injector::{Decision, InjectorConfig, NamespaceInfo, SkipReason, UserInfo, plan};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use ferry_injector::{
+    Decision, Injection, InjectorConfig, SkipReason, UserInfo,
+    inject::{INJECTION_WARNINGS, record_warnings},
+    plan,
+};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
@@ -18,7 +23,6 @@ fn read_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
 
 struct Case {
     pod: Pod,
-    ns: NamespaceInfo,
     cfg: InjectorConfig,
     user: Option<UserInfo>,
 }
@@ -26,23 +30,9 @@ struct Case {
 fn load(dir: &Path) -> Case {
     let pod: Pod = read_yaml(&dir.join("pod.yaml"))
         .unwrap_or_else(|| panic!("{}: no pod.yaml", dir.display()));
-    let ns = read_yaml::<Namespace>(&dir.join("namespace.yaml")).map_or_else(
-        || NamespaceInfo {
-            name: pod
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            ..Default::default()
-        },
-        |n| NamespaceInfo {
-            name: n.metadata.name.unwrap_or_default(),
-            labels: n.metadata.labels.unwrap_or_default(),
-        },
-    );
     let cfg: InjectorConfig = read_yaml(&dir.join("config.yaml")).unwrap_or_default();
     let user: Option<UserInfo> = read_yaml(&dir.join("user.yaml"));
-    Case { pod, ns, cfg, user }
+    Case { pod, cfg, user }
 }
 
 fn fixture_dirs() -> Vec<std::path::PathBuf> {
@@ -58,17 +48,29 @@ fn fixture_dirs() -> Vec<std::path::PathBuf> {
 }
 
 fn run_case(dir: &Path) -> Result<(), String> {
-    let Case { pod, ns, cfg, user } = load(dir);
-    let decision = plan(&pod, &ns, &cfg, user.as_ref());
+    let Case { pod, cfg, user } = load(dir);
+    let decision = plan(&pod, &cfg, user.as_ref());
     let actual = match &decision {
-        Decision::Inject(patch) => {
+        Decision::Inject(Injection { patch, warnings }) => {
             // The patch applies, and planning the patched pod again changes nothing.
             let mut doc = serde_json::to_value(&pod).unwrap();
             json_patch::patch(&mut doc, patch).map_err(|e| format!("patch does not apply: {e}"))?;
             let patched: Pod = serde_json::from_value(doc).map_err(|e| e.to_string())?;
-            let again = plan(&patched, &ns, &cfg, user.as_ref());
+            let again = plan(&patched, &cfg, user.as_ref());
             if again != Decision::Skip(SkipReason::AlreadyInjected) {
                 return Err(format!("reinvocation is not idempotent: {again:?}"));
+            }
+            // What the webhook answers as warnings is what the pod records.
+            let recorded = patched
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(INJECTION_WARNINGS));
+            let want = (!warnings.is_empty()).then(|| record_warnings(warnings));
+            if recorded != want.as_ref() {
+                return Err(format!(
+                    "the pod records {recorded:?}, the webhook warns {warnings:?}"
+                ));
             }
             serde_json::to_value(patch).unwrap()
         }
@@ -106,7 +108,7 @@ fn every_skip_reason_but_not_a_pod_has_a_fixture() {
         .iter()
         .map(|d| {
             let c = load(d);
-            plan(&c.pod, &c.ns, &c.cfg, c.user.as_ref())
+            plan(&c.pod, &c.cfg, c.user.as_ref())
         })
         .filter_map(|d| match d {
             Decision::Skip(r) => Some(r),
