@@ -6,7 +6,9 @@
 //! - [`endpoints`]: validates each `HTTPEndpoint` and reports a `Ready` condition and Events;
 //! - [`routing`]: one `RoutingTable` per namespace with apps or HTTPEndpoints;
 //! - [`sidecar_rbac`]: every sidecar's ServiceAccount may read RoutingTables, EndpointSlices and
-//!   exactly the Secrets its namespace's HTTPEndpoints name, nothing more.
+//!   exactly the Secrets its namespace's HTTPEndpoints name, nothing more;
+//! - [`injection_warnings`]: the injector's warnings about a pod's annotations, recorded in the
+//!   pod, become one Warning Event on it.
 //!
 //! Decisions are pure functions (`services::desired`, `endpoints::validate`,
 //! `routing::desired`, `sidecar_rbac::desired`); the reconcilers around them only read caches
@@ -20,6 +22,7 @@ pub mod apps;
 pub mod args;
 pub mod context;
 pub mod endpoints;
+pub mod injection_warnings;
 pub mod lease;
 pub mod metrics;
 pub mod reports;

@@ -24,6 +24,8 @@ pub enum ControllerName {
     SidecarClusterBinding,
     /// The per-namespace Role and RoleBinding for the Secrets sidecars read.
     SidecarSecrets,
+    /// The Events that show the injector's warnings on pods.
+    InjectionWarnings,
 }
 
 impl EncodeLabelValue for ControllerName {
@@ -40,6 +42,7 @@ impl ControllerName {
             Self::RoutingTable => "routing_table",
             Self::SidecarClusterBinding => "sidecar_cluster_binding",
             Self::SidecarSecrets => "sidecar_secrets",
+            Self::InjectionWarnings => "injection_warnings",
         }
     }
 
@@ -51,6 +54,7 @@ impl ControllerName {
             Self::RoutingTable => "RoutingTable",
             Self::SidecarClusterBinding => "sidecar ClusterRoleBinding",
             Self::SidecarSecrets => "sidecar Secrets Role",
+            Self::InjectionWarnings => "injection-warnings Events",
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct Inputs {
     pub services: NsInput,
     pub routing: NsInput,
     pub sidecar_rbac: NsInput,
+    pub injection_warnings: NsInput,
     /// Wakes the sidecar ClusterRoleBinding's loop.
     pub cluster_binding: Arc<Notify>,
 }
@@ -48,6 +49,7 @@ pub fn start(
     let (svc_t, services) = ns_trigger();
     let (rt_t, routing) = ns_trigger();
     let (rbac_t, sidecar_rbac) = ns_trigger();
+    let (warn_t, injection_warnings) = ns_trigger();
     let wake_binding = Arc::new(Notify::new());
 
     let reflectors = future::join(
@@ -58,7 +60,7 @@ pub fn start(
                 watcher::Config::default().labels(LABEL_APP_ID),
                 pods_w,
                 strip_pod,
-                Triggers::new(&[&svc_t, &rt_t, &rbac_t], &[&wake_binding]),
+                Triggers::new(&[&svc_t, &rt_t, &rbac_t, &warn_t], &[&wake_binding]),
             ),
             reflect(
                 "Service",
@@ -131,6 +133,7 @@ pub fn start(
         services,
         routing,
         sidecar_rbac,
+        injection_warnings,
         cluster_binding: wake_binding,
     };
     (stores, inputs, async move {

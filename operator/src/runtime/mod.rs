@@ -1,9 +1,10 @@
 //! What the leader runs: the caches (reflectors) and the controllers over them.
 //!
-//! The namespace-keyed controllers (app Services, RoutingTables, sidecar Secrets Roles) are
-//! triggered from our own reflectors rather than from separate watches: a reflector first updates
-//! its cache and only then sends the object's namespace to the controllers, so a reconcile never
-//! reads a cache that has not yet seen the change that triggered it. A re-list (after a dropped
+//! The namespace-keyed controllers (app Services, RoutingTables, sidecar Secrets Roles,
+//! injection-warnings Events) are triggered from our own reflectors rather than from separate
+//! watches: a reflector first updates its cache and only then sends the object's namespace to
+//! the controllers, so a reconcile never reads a cache that has not yet seen the change that
+//! triggered it. A re-list (after a dropped
 //! watch) triggers every namespace, since deletions missed meanwhile carry no namespace. Each
 //! reflector triggers only the controllers that read its cache; the sidecar ClusterRoleBinding,
 //! which has no namespace, is woken instead.
@@ -37,7 +38,7 @@ use crate::{
     REPORTER,
     admin::Health,
     context::{Context, Stores, error_policy},
-    endpoints,
+    endpoints, injection_warnings,
     metrics::{ControllerName, Metrics},
     reports::Reporter,
     routing, services, sidecar_rbac,
@@ -76,6 +77,7 @@ struct Contexts {
     routing: Arc<Context>,
     sidecar_rbac: Arc<Context<sidecar_rbac::State>>,
     endpoints: Arc<Context<endpoints::State>>,
+    injection_warnings: Arc<Context<injection_warnings::State>>,
 }
 
 impl Contexts {
@@ -111,6 +113,12 @@ impl Contexts {
                     reporter: recorder(ControllerName::HttpEndpoint),
                 },
             ),
+            injection_warnings: context(
+                client,
+                stores,
+                metrics,
+                injection_warnings::State::new(settings.instance.clone()),
+            ),
         }
     }
 }
@@ -136,6 +144,7 @@ struct Controllers {
     routing: Controller<Namespace>,
     sidecar_rbac: Controller<Namespace>,
     endpoints: Controller<HttpEndpoint>,
+    injection_warnings: Controller<Namespace>,
     cluster_binding: Arc<Notify>,
 }
 
@@ -159,6 +168,7 @@ impl Controllers {
                 watcher::Config::default(),
             )
             .with_config(controller::Config::default().concurrency(8)),
+            injection_warnings: by_namespace(inputs.injection_warnings),
             cluster_binding: inputs.cluster_binding,
         }
     }
@@ -171,13 +181,15 @@ impl Controllers {
             self.routing.store(),
             self.sidecar_rbac.store(),
             self.endpoints.store(),
+            self.injection_warnings.store(),
         );
         let synced = async move {
-            let _ = future::join4(
+            let _ = future::join5(
                 own_caches.0.wait_until_ready(),
                 own_caches.1.wait_until_ready(),
                 own_caches.2.wait_until_ready(),
                 own_caches.3.wait_until_ready(),
+                own_caches.4.wait_until_ready(),
             )
             .await;
             info!("all caches synced: ready");
@@ -217,10 +229,18 @@ impl Controllers {
                 contexts.endpoints,
             )
             .for_each(log_result);
+        let injection_warnings = self
+            .injection_warnings
+            .run(
+                injection_warnings::reconcile,
+                error_policy(injection_warnings::CONTROLLER),
+                contexts.injection_warnings,
+            )
+            .for_each(log_result);
         future::join3(
             synced,
             future::join3(services, routing, sidecar_rbac),
-            future::join(cluster_binding, endpoints),
+            future::join3(cluster_binding, endpoints, injection_warnings),
         )
         .await;
     }
