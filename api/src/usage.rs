@@ -33,7 +33,15 @@ pub fn clap_error_line(e: &clap::Error) -> Option<String> {
         .next()
         .unwrap_or("invalid arguments")
         .trim_start_matches("error: ");
-    Some(line.to_owned())
+    // clap's "tip: a similar argument exists" names the flag that was meant.
+    let tip = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("tip: a similar"));
+    Some(match tip {
+        Some(tip) => format!("{line} ({tip})"),
+        None => line.to_owned(),
+    })
 }
 
 #[cfg(all(test, feature = "clap"))]
@@ -57,6 +65,11 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+        let e = Cli::try_parse_from(["t", "--prot", "1"]).unwrap_err();
+        assert_eq!(
+            clap_error_line(&e).unwrap(),
+            "unexpected argument '--prot' found (tip: a similar argument exists: '--port')"
+        );
         let help = Cli::try_parse_from(["t", "--help"]).unwrap_err();
         assert_eq!(clap_error_line(&help), None);
         let version = Cli::try_parse_from(["t", "--version"]).unwrap_err();

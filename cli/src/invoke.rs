@@ -12,15 +12,15 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 #[derive(Debug, Args)]
 pub struct InvokeArgs {
     /// The app to call: an app ID, `app.namespace`, or an HTTPEndpoint name.
-    #[arg(long)]
+    #[arg(long, short = 'a')]
     pub app_id: String,
 
     /// The method (path) to call, for example `add` or `orders/1?expand=true`.
-    #[arg(long)]
+    #[arg(long, short = 'm')]
     pub method: String,
 
     /// The HTTP verb.
-    #[arg(long, default_value = "POST", value_parser = parse_verb)]
+    #[arg(long, short = 'v', default_value = "POST", value_parser = parse_verb)]
     pub verb: Method,
 
     /// The request body.
@@ -28,7 +28,7 @@ pub struct InvokeArgs {
     pub data: Option<String>,
 
     /// A file whose content is the request body.
-    #[arg(long)]
+    #[arg(long, short = 'f')]
     pub data_file: Option<PathBuf>,
 
     /// The body's Content-Type; by default `application/json` when the body is JSON, else none.

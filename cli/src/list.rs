@@ -19,6 +19,7 @@ pub struct ListArgs {
 pub enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 pub fn main(args: ListArgs) -> i32 {
@@ -35,6 +36,10 @@ pub fn main(args: ListArgs) -> i32 {
             "{}",
             serde_json::to_string_pretty(&entries).expect("entries serialize")
         ),
+        Output::Yaml => print!(
+            "{}",
+            serde_saphyr::to_string(&entries).expect("entries serialize")
+        ),
         Output::Table => print!("{}", table(&entries)),
     }
     0
@@ -44,21 +49,24 @@ fn table(entries: &[registry::Entry]) -> String {
     if entries.is_empty() {
         return "No apps are running (start one with: ferry run --app-id <id> --app-port <port> -- <command>)\n".into();
     }
-    let mut rows = vec![
-        [
-            "APP ID",
-            "NAMESPACE",
-            "HTTP PORT",
-            "INTERNAL",
-            "APP PORT",
-            "PID",
-            "AGE",
-            "COMMAND",
-        ]
-        .map(String::from),
+    // Apps from run files (`ferry run -f`) say which.
+    let run_files = entries.iter().any(|e| e.run_file.is_some());
+    let mut header = vec![
+        "APP ID",
+        "NAMESPACE",
+        "HTTP PORT",
+        "INTERNAL",
+        "APP PORT",
+        "PID",
+        "AGE",
     ];
+    if run_files {
+        header.push("RUN FILE");
+    }
+    header.push("COMMAND");
+    let mut rows: Vec<Vec<String>> = vec![header.into_iter().map(String::from).collect()];
     for e in entries {
-        rows.push([
+        let mut row = vec![
             e.app_id.clone(),
             e.namespace.clone(),
             e.http_port.to_string(),
@@ -71,14 +79,19 @@ fn table(entries: &[registry::Entry]) -> String {
                 None => e.pid.to_string(),
             },
             age(e.age()),
-            if e.command.is_empty() {
-                "-".into()
-            } else {
-                e.command.join(" ")
-            },
-        ]);
+        ];
+        if run_files {
+            row.push(e.run_file.clone().unwrap_or_else(|| "-".into()));
+        }
+        row.push(if e.command.is_empty() {
+            "-".into()
+        } else {
+            e.command.join(" ")
+        });
+        rows.push(row);
     }
-    let widths: Vec<usize> = (0..8)
+    let columns = rows[0].len();
+    let widths: Vec<usize> = (0..columns)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -87,7 +100,7 @@ fn table(entries: &[registry::Entry]) -> String {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                if i == 7 {
+                if i == columns - 1 {
                     c.clone()
                 } else {
                     format!("{c:<w$}", w = widths[i])
@@ -135,6 +148,8 @@ mod tests {
             pid: 10,
             app_pid: Some(11),
             command: vec!["python3".into(), "app.py".into()],
+            run_file: None,
+            cli_pid: None,
             started_at: registry::now_unix(),
         };
         let t = table(&[e]);

@@ -61,8 +61,42 @@ pub struct Api<R, C> {
 }
 
 impl<R: Resolve, C: Connect> Api<R, C> {
-    /// Routes one request on the HTTP API port.
+    /// Routes one request on the HTTP API port; with `--enable-api-logging`, logs it once its
+    /// response has been sent.
     pub async fn serve<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if !self.settings.api_logging || is_health_check(req.uri().path()) {
+            return self.route(req).await;
+        }
+        let start = std::time::Instant::now();
+        let method = format!("{} {}", req.method(), req.uri().path());
+        let useragent = req
+            .headers()
+            .get(http::header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let resp = self.route(req).await;
+        let code = resp.status().as_u16();
+        resp.map(|b| {
+            body::counted(b, move |size| {
+                // Dapr's record (`dapr/pkg/api/http/server.go`, useAPILogging): the same
+                // message and field names, the duration in milliseconds.
+                tracing::info!(
+                    target: "ferry_sidecar::api_log",
+                    method,
+                    useragent = useragent.as_deref(),
+                    code,
+                    size,
+                    duration = start.elapsed().as_millis() as u64,
+                    "HTTP API Called"
+                );
+            })
+        })
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -112,6 +146,14 @@ impl<R: Resolve, C: Connect> Api<R, C> {
             &self.health,
         )
     }
+}
+
+/// Dapr leaves its health endpoints out of the API log (unless asked to log them).
+fn is_health_check(path: &str) -> bool {
+    matches!(
+        routing_path(path).as_str(),
+        "/v1.0/healthz" | "/v1.0/healthz/outbound"
+    )
 }
 
 /// Routes one request on the metrics port: `GET /metrics` only.

@@ -318,6 +318,73 @@ impl<G: Unpin> HttpBody for Holding<G> {
     }
 }
 
+/// A response body that counts the bytes it sends and reports them once: when it has been read
+/// to its end, has failed, or has been dropped (the client went away). `--enable-api-logging`
+/// logs a call with its size after its last byte, as Dapr does.
+struct Counted<F: FnOnce(u64)> {
+    inner: Body,
+    sent: u64,
+    done: Option<F>,
+}
+
+/// Calls `done` with the number of body bytes sent once `body` is over.
+pub fn counted<F: FnOnce(u64) + Send + Unpin + 'static>(body: Body, done: F) -> Body {
+    Counted {
+        inner: body,
+        sent: 0,
+        done: Some(done),
+    }
+    .boxed_unsync()
+}
+
+impl<F: FnOnce(u64)> Counted<F> {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.sent);
+        }
+    }
+}
+
+impl<F: FnOnce(u64) + Unpin> HttpBody for Counted<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: FnOnce(u64)> Drop for Counted<F> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +473,29 @@ mod tests {
         assert_eq!(content_length(&h), Some(12));
         h.append(CONTENT_LENGTH, "12".parse().unwrap());
         assert_eq!(content_length(&h), None);
+    }
+    #[tokio::test]
+    async fn counted_reports_the_bytes_sent_once() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let body = counted(full("hello"), move |n| s.lock().unwrap().push(n));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        assert_eq!(*seen.lock().unwrap(), [5], "reported once, at the end");
+
+        let s = seen.clone();
+        drop(counted(full("never read"), move |n| {
+            s.lock().unwrap().push(n)
+        }));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [5, 0],
+            "a dropped body reports what it sent"
+        );
+
+        let s = seen.clone();
+        let empty_body = counted(empty(), move |n| s.lock().unwrap().push(n));
+        assert_eq!(empty_body.collect().await.unwrap().to_bytes().len(), 0);
+        assert_eq!(*seen.lock().unwrap(), [5, 0, 0]);
     }
 }

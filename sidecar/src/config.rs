@@ -30,7 +30,8 @@ pub struct SidecarArgs {
     pub app_port: Option<u16>,
 
     /// How to talk to the app.
-    #[arg(long, env = "FERRY_APP_PROTOCOL", value_enum, default_value = "http")]
+    #[arg(long, env = "FERRY_APP_PROTOCOL", default_value = "http", value_parser = parse_app_protocol,
+          hide_possible_values = true)]
     pub app_protocol: AppProtocol,
 
     /// Deprecated (as in Dapr): same as --app-protocol https.
@@ -86,14 +87,20 @@ pub struct SidecarArgs {
     pub max_body_size: Option<u64>,
 
     /// Deprecated (as in Dapr): the largest request body in whole megabytes (MiB); ignored when
-    /// --max-body-size is given.
-    #[arg(long, env = "FERRY_HTTP_MAX_REQUEST_SIZE",
-          value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
-    pub dapr_http_max_request_size: Option<u32>,
+    /// --max-body-size is given. -1 (Dapr's default): not set.
+    #[arg(long, env = "FERRY_HTTP_MAX_REQUEST_SIZE", allow_negative_numbers = true,
+          value_parser = parse_legacy_megabytes)]
+    pub dapr_http_max_request_size: Option<LegacyUnits>,
 
     /// The largest request head (request line and headers) accepted, as a quantity; at least 8Ki.
-    #[arg(long, env = "FERRY_READ_BUFFER_SIZE", default_value = "16Ki", value_parser = parse_read_buffer)]
-    pub read_buffer_size: u64,
+    #[arg(long, env = "FERRY_READ_BUFFER_SIZE", value_parser = parse_read_buffer)]
+    pub read_buffer_size: Option<u64>,
+
+    /// Deprecated (as in Dapr): the largest request head in whole kilobytes (KiB); ignored when
+    /// --read-buffer-size is given. -1: not set.
+    #[arg(long, env = "FERRY_HTTP_READ_BUFFER_SIZE", allow_negative_numbers = true,
+          value_parser = parse_legacy_kilobytes)]
+    pub dapr_http_read_buffer_size: Option<LegacyUnits>,
 
     /// The app's namespace (standalone: any DNS label you like; `default` when not set).
     #[arg(long, env = "NAMESPACE", default_value = "default", value_parser = parse_namespace)]
@@ -154,8 +161,20 @@ pub struct SidecarArgs {
     pub kube_secret_refresh_seconds: u64,
 
     /// How much to log (Dapr's levels).
-    #[arg(long, env = "FERRY_LOG_LEVEL", value_enum, default_value = "info")]
+    #[arg(
+        long,
+        env = "FERRY_LOG_LEVEL",
+        value_enum,
+        ignore_case = true,
+        default_value = "info"
+    )]
     pub log_level: LogLevel,
+
+    /// Log every call of the HTTP API at info level, as Dapr does ("HTTP API Called": method
+    /// and path, user agent, status, response size, duration); health checks are not logged.
+    #[arg(long, env = "FERRY_ENABLE_API_LOGGING", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub enable_api_logging: bool,
 
     /// Write logs as JSON lines.
     #[arg(long, env = "FERRY_LOG_AS_JSON", num_args = 0..=1, require_equals = true,
@@ -243,6 +262,8 @@ pub struct Settings {
     pub app_health: Option<AppHealthSettings>,
     /// Where `/metrics` is served, when it is.
     pub metrics: Option<SocketAddr>,
+    /// Log every HTTP API call (`--enable-api-logging`).
+    pub api_logging: bool,
     /// Calls to full URLs (`None`: turned off).
     pub fqdn: Option<FqdnSettings>,
     /// Directories of resource files (HTTPEndpoint).
@@ -314,6 +335,8 @@ pub enum ConfigError {
 
 /// The default largest request body (Dapr's): 4 MiB.
 pub const DEFAULT_MAX_BODY: u64 = 4 << 20;
+/// The default largest request head: 16 KiB (Dapr's is 4 KiB; hyper's smallest buffer is 8 KiB).
+pub const DEFAULT_MAX_HEAD: u64 = 16 << 10;
 
 impl SidecarArgs {
     /// Parses a command line (its first item is the program), as `ferryd` does.
@@ -370,7 +393,10 @@ impl SidecarArgs {
         };
 
         // As daprd: --max-body-size wins; the legacy flag counts only when it is absent.
-        let max_body = match (self.max_body_size, self.dapr_http_max_request_size) {
+        let max_body = match (
+            self.max_body_size,
+            self.dapr_http_max_request_size.and_then(|l| l.0),
+        ) {
             (Some(bytes), legacy) => {
                 if let Some(mb) = legacy {
                     warnings.push(format!(
@@ -386,6 +412,29 @@ impl SidecarArgs {
                 u64::from(mb) << 20
             }
             (None, None) => DEFAULT_MAX_BODY,
+        };
+
+        // The same rule for the head: the quantity wins, the legacy kilobytes count without it.
+        let max_head = match (
+            self.read_buffer_size,
+            self.dapr_http_read_buffer_size.and_then(|l| l.0),
+        ) {
+            (Some(bytes), legacy) => {
+                if let Some(kb) = legacy {
+                    warnings.push(format!(
+                        "--dapr-http-read-buffer-size {kb} is deprecated and ignored because --read-buffer-size is given"
+                    ));
+                }
+                bytes
+            }
+            (None, Some(kb)) => {
+                warnings.push(format!(
+                    "--dapr-http-read-buffer-size is deprecated; use --read-buffer-size {kb}Ki"
+                ));
+                // Hyper reads heads in buffers of at least 8 KiB; smaller limits are raised to it.
+                (u64::from(kb) << 10).max(ferry_api::size::MIN_READ_BUFFER_SIZE)
+            }
+            (None, None) => DEFAULT_MAX_HEAD,
         };
 
         if self.app_ssl {
@@ -444,13 +493,14 @@ impl SidecarArgs {
                 .map(|p| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), p)),
             host_ip,
             max_body,
-            max_head: (self.read_buffer_size as usize).max(8192),
+            max_head: max_head as usize,
             head_timeout: Duration::from_secs(self.read_header_timeout_seconds),
             grace: self.graceful_shutdown(),
             max_concurrency: u32::try_from(self.app_max_concurrency)
                 .ok()
                 .filter(|n| *n > 0),
             app_health,
+            api_logging: self.enable_api_logging,
             metrics: self
                 .enable_metrics
                 .then(|| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), self.metrics_port)),
@@ -497,6 +547,22 @@ fn parse_app_id(s: &str) -> Result<AppId, String> {
     AppId::new(s).map_err(|e| e.to_string())
 }
 
+/// Dapr's protocols, case-insensitively (run files write `HTTP`); the two Ferry does not speak
+/// yet are refused by name.
+fn parse_app_protocol(s: &str) -> Result<AppProtocol, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "http" => Ok(AppProtocol::Http),
+        "https" => Ok(AppProtocol::Https),
+        "h2c" => Ok(AppProtocol::H2c),
+        p @ ("grpc" | "grpcs") => Err(format!(
+            "{p} is not supported yet: Ferry reaches apps over HTTP (possible values: http, https, h2c)"
+        )),
+        _ => Err(format!(
+            "{s:?} is not a protocol (possible values: http, https, h2c)"
+        )),
+    }
+}
+
 fn parse_namespace(s: &str) -> Result<Namespace, String> {
     Namespace::new(s).map_err(|e| e.to_string())
 }
@@ -517,6 +583,29 @@ fn parse_health_path(s: &str) -> Result<String, String> {
 
 fn parse_read_buffer(s: &str) -> Result<u64, String> {
     ferry_api::size::parse_read_buffer_size(s)
+}
+
+/// The value of one of Dapr's deprecated whole-megabyte or whole-kilobyte flags; `None`: -1,
+/// Dapr's "not set".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyUnits(pub Option<u32>);
+
+fn parse_legacy_megabytes(s: &str) -> Result<LegacyUnits, String> {
+    parse_legacy_units(s, "megabytes", 1_048_576)
+}
+
+fn parse_legacy_kilobytes(s: &str) -> Result<LegacyUnits, String> {
+    parse_legacy_units(s, "kilobytes", 1_048_576)
+}
+
+fn parse_legacy_units(s: &str, unit: &str, max: u32) -> Result<LegacyUnits, String> {
+    match s.trim().parse::<i64>() {
+        Ok(-1) => Ok(LegacyUnits(None)),
+        Ok(n) if (1..=i64::from(max)).contains(&n) => Ok(LegacyUnits(Some(n as u32))),
+        _ => Err(format!(
+            "{s:?} is not a number of {unit} from 1 to {max} (or -1 for the default)"
+        )),
+    }
 }
 
 pub use ferry_api::size::parse_size;

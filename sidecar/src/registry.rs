@@ -43,6 +43,12 @@ pub struct Entry {
     /// The app's command line, when `ferry run` started one.
     #[serde(default)]
     pub command: Vec<String>,
+    /// The run file the app was started from (`ferry run -f`), as an absolute path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_file: Option<String>,
+    /// The `ferry run -f` process that started the app (`ferry stop -f` stops it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cli_pid: Option<u32>,
     /// Seconds since the Unix epoch.
     pub started_at: u64,
 }
@@ -318,6 +324,8 @@ mod tests {
             pid: std::process::id(),
             app_pid: None,
             command: vec![],
+            run_file: None,
+            cli_pid: None,
             started_at: now_unix(),
         }
     }
@@ -421,6 +429,8 @@ mod namespace_tests {
             pid: std::process::id(),
             app_pid: None,
             command: vec![],
+            run_file: None,
+            cli_pid: None,
             started_at: now_unix(),
         }
     }

@@ -76,6 +76,10 @@ pub enum StartError {
 #[derive(Debug, Clone, Default)]
 pub struct RunInfo {
     pub command: Vec<String>,
+    /// The run file (`ferry run -f`) the app was started from.
+    pub run_file: Option<String>,
+    /// The `ferry run -f` process that started this one.
+    pub cli_pid: Option<u32>,
 }
 
 /// A started sidecar.
@@ -369,6 +373,8 @@ async fn launch<R: Resolve>(
         pid: std::process::id(),
         app_pid: None,
         command: info.command,
+        run_file: info.run_file,
+        cli_pid: info.cli_pid,
         started_at: now_unix(),
     };
     Ok(Launched {
