@@ -1382,7 +1382,7 @@ async fn metadata_and_health_answers() {
     assert_eq!(
         r.text(),
         no_target_body(
-            "name the app in the path, /v1.0/invoke/<app-id>/method/v1.0/metadata, or in a dapr-app-id header"
+            "/v1.0/metadata is answered for GET only (and PUT /v1.0/metadata/<key>); to invoke an app at this path, name it in a dapr-app-id header"
         )
     );
     assert!(r.header("access-control-allow-origin").is_none());

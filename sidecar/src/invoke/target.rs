@@ -73,6 +73,25 @@ pub fn no_target_hint(raw_path: &str) -> String {
         .position(|s| *s == "invoke")
         .filter(|i| *i <= 1);
     let Some(at) = at else {
+        // The sidecar's own routes, with a verb they do not take.
+        if let ["v1.0", api @ ("healthz" | "metadata"), ..] = segments[..] {
+            return format!(
+                "/v1.0/{api} is answered for GET only{}; to invoke an app at this path, name it in a dapr-app-id header",
+                if api == "metadata" {
+                    " (and PUT /v1.0/metadata/<key>)"
+                } else {
+                    ""
+                }
+            );
+        }
+        // `/v1.0/state/...`, `/v1.0-alpha1/...`: another Dapr API, not an invocation.
+        if let [version, api, ..] = segments[..]
+            && version.starts_with("v1")
+        {
+            return format!(
+                "/{version}/{api} is not an API of Ferry's, which serves invocation ({FORM}), /v1.0/healthz and /v1.0/metadata; to invoke an app at this path, name it in a dapr-app-id header"
+            );
+        }
         let path = if raw_path.starts_with('/') {
             raw_path.to_owned()
         } else {
@@ -397,6 +416,14 @@ mod tests {
             (
                 "/invoke/cart/method/add",
                 "the path has no API version (v1.0); call /v1.0/invoke/cart/method/add",
+            ),
+            (
+                "/v1.0/state/store/key",
+                "/v1.0/state is not an API of Ferry's, which serves invocation (/v1.0/invoke/<app-id>/method/<method>), /v1.0/healthz and /v1.0/metadata; to invoke an app at this path, name it in a dapr-app-id header",
+            ),
+            (
+                "/v1.0/healthz",
+                "/v1.0/healthz is answered for GET only; to invoke an app at this path, name it in a dapr-app-id header",
             ),
             (
                 "/add",
