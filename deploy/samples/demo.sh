@@ -13,7 +13,8 @@
 #   4. starts `cart` (Flask) and `mathService` (Express) under `ferry run` and waits until
 #      both sidecars' /v1.0/healthz answer 204;
 #   5. performs each way to invoke a service with curl, then `ferry list`, `ferry invoke`
-#      and the `caller` app under `ferry run`;
+#      and the `caller` app under `ferry run`; then all three as one Multi-App Run
+#      (`ferry run -f dapr.yaml`, app ports 5020 and 3020), stopped with Ctrl-C (SIGINT);
 #   6. stops every `ferry run` with SIGTERM and removes FERRY_HOME on exit, even on failure
 #      or Ctrl-C.
 #
@@ -314,6 +315,38 @@ if [[ "$CHECK" == 1 ]]; then
   grep -q 'dapr-caller-app-id=caller ' "$FERRY_HOME/cart.log" ||
     die "cart's log does not show a request with dapr-caller-app-id=caller"
 fi
+
+step "10. The same apps as one Multi-App Run: ferry run -f dapr.yaml (Dapr's run file)"
+show ferry run -f dapr.yaml
+for port in 5020 3020; do
+  port_in_use "$port" && die "port $port (an app port in deploy/samples/dapr.yaml) is already in use"
+done
+MULTI_LOG="$FERRY_HOME/multi.log"
+(cd "$SAMPLES" && NO_COLOR=1 exec "$FERRY" run -f dapr.yaml) >"$MULTI_LOG" 2>&1 &
+MULTI_PID=$!
+PIDS+=("$MULTI_PID")
+NAMES+=("multi")
+deadline=$((SECONDS + TIMEOUT))
+until grep -q '^ferry: app "caller" exited' "$MULTI_LOG"; do
+  kill -0 "$MULTI_PID" 2>/dev/null || die "ferry run -f exited early"
+  ((SECONDS < deadline)) || die "the caller did not finish within ${TIMEOUT}s"
+  sleep 0.2
+done
+grep -E '^(== APP - caller ==|ferry: )' "$MULTI_LOG"
+check "10. caller in the run file" 'ferry: app "caller" exited (exit code 0)' \
+  "$(grep '^ferry: app "caller" exited' "$MULTI_LOG")"
+show kill -INT "$MULTI_PID"
+kill -INT "$MULTI_PID"
+rc=0
+wait "$MULTI_PID" || rc=$?
+echo "(exit code $rc)"
+check "10. ferry run -f after Ctrl-C: exit code" 0 "$rc"
+for port in 5020 3020; do
+  if [[ "$CHECK" == 1 ]] && port_in_use "$port"; then
+    die "after Ctrl-C, something still listens on app port $port"
+  fi
+done
+tail -n 4 "$MULTI_LOG"
 
 printf '\n'
 if [[ "$CHECK" == 1 ]]; then

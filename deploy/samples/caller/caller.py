@@ -28,16 +28,33 @@ def invoke(port, app_id, method, body=b"", headers=None):
         raise RuntimeError("%s/%s answered %d: %s" % (app_id, method, e.code, text))
 
 
+def invoke_when_up(port, app_id, method, body=b"", headers=None, wait=None):
+    """invoke(), retried while the target is not up yet (started next to this app by
+    `ferry run -f`, it may still be starting): CALLER_WAIT_SECONDS, default 0 (no retry)."""
+    import time
+
+    wait = float(os.environ.get("CALLER_WAIT_SECONDS", "0")) if wait is None else wait
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return invoke(port, app_id, method, body, headers)
+        except (OSError, RuntimeError) as e:
+            if time.monotonic() >= deadline:
+                raise
+            print("caller: %s/%s not up yet (%s); retrying" % (app_id, method, e), flush=True)
+            time.sleep(0.5)
+
+
 def main():
     port = os.environ.get("DAPR_HTTP_PORT")
     if not port:
         print("caller: DAPR_HTTP_PORT is not set; run me under `ferry run`", file=sys.stderr)
         return 2
     try:
-        cart = invoke(port, "cart", "add")
+        cart = invoke_when_up(port, "cart", "add")
         if cart != "Added!":
             raise RuntimeError("cart/add: expected 'Added!', got %r" % cart)
-        total = invoke(
+        total = invoke_when_up(
             port,
             "mathService",
             "add",
