@@ -65,9 +65,9 @@ pub struct Unsupported {
     kubernetes: bool,
     #[arg(long, hide = true)]
     runtime_path: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, hide = true)]
     placement_host_address: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, hide = true)]
     scheduler_host_address: Option<String>,
 }
 
