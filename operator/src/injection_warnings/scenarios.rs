@@ -87,6 +87,10 @@ async fn scenario_a_warned_pod_gets_one_event_once() {
     api.run(vec![], reconcile(shop(), ctx.clone()))
         .await
         .unwrap();
+    assert!(
+        ctx.state.reported.lock().unwrap().is_empty(),
+        "a pod that is gone is forgotten"
+    );
     let mut again = warned("cart-1");
     again.metadata.uid = Some("uid-cart-1b".into());
     fill(&mut caches.pods, [again]);
