@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use common::{
     Load, MESH_LABEL, TESTAPP_IMAGE, WAIT, call_until, client_app, create_app_namespaces,
-    create_deployment, delete_namespaces, deployment, http_client, pod_log, pod_ready, ready_pods,
-    samples_across_namespaces, scale,
+    create_deployment, delete_namespaces, deployment, http_client, kubectl, pod_ip, pod_log,
+    pod_ready, ready_pods, samples_across_namespaces, scale,
 };
-use ferry_e2e::{eventually, install_crds, install_rbac, repo_root, run, with_temp_ns};
+use ferry_e2e::{eventually, http_get, install_crds, install_rbac, repo_root, run, with_temp_ns};
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{Event, Namespace, Pod, Service},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -236,6 +236,148 @@ impl Mesh {
 async fn samples_call_each_other_by_app_id_across_namespaces() {
     with_mesh(2, |client, _mesh, ns| async move {
         samples_across_namespaces(&client, &ns[0], &ns[1]).await;
+    })
+    .await;
+}
+
+/// The Deployment of the oldest Dapr docs, with Dapr's pre-1.0 annotation names, as a user
+/// applies it: `kubectl apply -n <ns>` of a manifest that names no namespace, and the seeds'
+/// Flask cart app.
+const OLD_DAPR_DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: cart
+  labels:
+    app: cart
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: cart
+  template:
+    metadata:
+      labels:
+        app: cart
+      annotations:
+        dapr.io/enabled: "true"
+        dapr.io/id: "cart"
+        dapr.io/port: "5000"
+    spec:
+      containers:
+      - name: cart
+        image: ferry.test/cart:dev
+        ports:
+        - containerPort: 5000
+"#;
+
+/// A pod with the same annotations, which kubectl creates itself (stored only: the scheduling
+/// gate keeps the process kubelet from running it).
+const OLD_DAPR_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: cart-bare
+  annotations:
+    dapr.io/enabled: "true"
+    dapr.io/id: "cart"
+    dapr.io/port: "5000"
+spec:
+  schedulingGates:
+  - name: ferry.dev/e2e-stored-only
+  containers:
+  - name: cart
+    image: ferry.test/cart:dev
+"#;
+
+/// What the injector says about [`OLD_DAPR_DEPLOYMENT`]'s annotations.
+const OLD_NAME_WARNINGS: [&str; 2] = [
+    "annotation dapr.io/id is Dapr's pre-1.0 name of dapr.io/app-id: read as dapr.io/app-id; rename it",
+    "annotation dapr.io/port is Dapr's pre-1.0 name of dapr.io/app-port: read as dapr.io/app-port; rename it",
+];
+
+/// Dapr's pre-1.0 annotations work as typed: the pod of [`OLD_DAPR_DEPLOYMENT`] runs as app
+/// `cart` on port 5000 in the namespace kubectl named (its sidecar answers for cart and reaches
+/// the app), and the warnings reach the user where they look: `kubectl describe pod` shows them
+/// as an Event (the ReplicaSet controller, which created the pod, shows admission warnings to
+/// nobody), and kubectl prints them on stderr for a pod it creates itself.
+#[tokio::test]
+#[ignore = "needs the Tier-1 cluster: make e2e"]
+async fn an_old_dapr_deployment_runs_as_typed_and_its_warnings_are_shown() {
+    with_mesh(1, |client, _mesh, ns| async move {
+        let a = &ns[0];
+        let (_, stderr) = kubectl(&["apply", "-n", a, "-f", "-"], OLD_DAPR_DEPLOYMENT).unwrap();
+        assert!(
+            !stderr.contains("dapr.io/id"),
+            "kubectl created a Deployment, not the pod: it sees no pod warning: {stderr}"
+        );
+        let pod = ready_pods(&client, a, "cart", 1).await.remove(0);
+        let name = pod.name_any();
+
+        // `kubectl describe pod` shows the warnings as one Warning Event of the pod.
+        let described = eventually("kubectl describe pod to show the warnings", WAIT, || {
+            let name = name.clone();
+            async move {
+                let (out, _) = kubectl(&["describe", "pod", "-n", a, &name], "")?;
+                let events = out.split("\nEvents:").nth(1).unwrap_or_default().to_owned();
+                let line = events
+                    .lines()
+                    .find(|l| l.contains("InjectionWarnings"))
+                    .ok_or_else(|| format!("no InjectionWarnings Event yet:\n{out}"))?;
+                Ok(line.to_owned())
+            }
+        })
+        .await;
+        assert!(described.trim_start().starts_with("Warning"), "{described}");
+        assert!(
+            described.contains("ferry-operator")
+                && described.contains(&OLD_NAME_WARNINGS.join("; ")),
+            "{described}"
+        );
+        // Exactly one, regarding this pod by its UID.
+        let events: Vec<Event> = Api::<Event>::namespaced(client.clone(), a)
+            .list(&ListParams::default().fields(&format!(
+                "involvedObject.uid={},reason=InjectionWarnings",
+                pod.uid().unwrap()
+            )))
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+        assert_eq!(
+            events[0].involved_object.name.as_deref(),
+            Some(name.as_str())
+        );
+
+        // The pod runs as app cart on port 5000, in the namespace kubectl named: its sidecar
+        // says so, and answers for cart by reaching the app.
+        let ip = pod_ip(&pod);
+        let (code, body) = http_get(&format!("http://{ip}:3501/v1.0/metadata"), WAIT)
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        let metadata: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(metadata["id"], "cart", "{body}");
+        assert_eq!(metadata["appConnectionProperties"]["port"], 5000, "{body}");
+        assert_eq!(metadata["extended"]["namespace"], a.as_str(), "{body}");
+        let sidecar = client_app(&client, a).await;
+        let added = call_until(
+            &http_client(),
+            "POST",
+            &format!("{sidecar}/v1.0/invoke/cart/method/add"),
+            &[],
+            "{}",
+            200,
+        )
+        .await;
+        assert_eq!(added, "Added!");
+
+        // A pod kubectl creates itself: kubectl prints the admission warnings.
+        let (_, stderr) = kubectl(&["create", "-n", a, "-f", "-"], OLD_DAPR_POD).unwrap();
+        for w in OLD_NAME_WARNINGS {
+            assert!(stderr.contains(&format!("Warning: {w}")), "{stderr}");
+        }
     })
     .await;
 }

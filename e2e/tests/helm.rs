@@ -26,7 +26,8 @@ use std::{
 };
 
 use base64::Engine as _;
-use ferry_e2e::{ClusterEnv, eventually, k8s_version, repo_root};
+use common::{cache_dir, kubectl};
+use ferry_e2e::{ClusterEnv, eventually, repo_root};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -36,14 +37,6 @@ const RELEASE: &str = "ferry";
 const NAMESPACE: &str = "ferry-system";
 
 // === helm and kubectl ===
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("FERRY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/ferry")
-        })
-}
 
 /// A version pinned in `e2e/controlplane/versions.env`.
 fn pinned(key: &str) -> String {
@@ -83,13 +76,6 @@ fn helm_bin() -> &'static Path {
         }
         path
     })
-}
-
-fn kubectl_bin() -> PathBuf {
-    cache_dir()
-        .join("kubernetes")
-        .join(k8s_version())
-        .join("bin/kubectl")
 }
 
 /// Runs `helm args...` in the repository; stdout, or stderr and stdout on failure.
@@ -854,39 +840,6 @@ fn helm_cluster(args: &[&str]) -> Result<String, String> {
     let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
     all.extend(args);
     helm(&all)
-}
-
-/// kubectl against the Tier-1 cluster, with `stdin`: (stdout, stderr), or why it failed.
-fn kubectl(args: &[&str], stdin: &str) -> Result<(String, String), String> {
-    use std::io::Write as _;
-    let mut child = Command::new(kubectl_bin())
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot run kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    if out.status.success() {
-        Ok((stdout, stderr))
-    } else {
-        Err(format!(
-            "kubectl {} failed: {stderr}{stdout}",
-            args.join(" ")
-        ))
-    }
 }
 
 fn names(kubectl_output: &str) -> BTreeSet<String> {

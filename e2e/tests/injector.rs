@@ -650,6 +650,19 @@ fn env<'c>(c: &'c Container, name: &str) -> Vec<&'c str> {
         .collect()
 }
 
+/// The downward-API field of env var `name` of the container.
+fn field_ref<'c>(c: &'c Container, name: &str) -> Option<&'c str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name && e.value.is_none())?
+        .value_from
+        .as_ref()?
+        .field_ref
+        .as_ref()
+        .map(|f| f.field_path.as_str())
+}
+
 fn label<'p>(pod: &'p Pod, key: &str) -> Option<&'p str> {
     pod.metadata
         .labels
@@ -679,8 +692,16 @@ fn assert_injected(pod: &Pod, ns: &str, app_id: &str, app_port: &str) {
     assert_eq!(arg(daprd, "--app-id"), Some(app_id), "{}", ctx());
     assert_eq!(arg(daprd, "--app-port"), Some(app_port), "{}", ctx());
     assert_eq!(arg(daprd, "--mode"), Some("kubernetes"), "{}", ctx());
-    assert_eq!(arg(daprd, "--namespace"), Some(ns), "{}", ctx());
-    assert_eq!(env(daprd, "NAMESPACE"), [ns], "{}", ctx());
+    // The pod's own facts come from the downward API (a ReplicaSet's pods have no name yet).
+    assert_eq!(arg(daprd, "--namespace"), None, "{}", ctx());
+    for (name, path) in [
+        ("NAMESPACE", "metadata.namespace"),
+        ("POD_NAME", "metadata.name"),
+        ("POD_IP", "status.podIP"),
+    ] {
+        assert_eq!(field_ref(daprd, name), Some(path), "{name}: {}", ctx());
+    }
+    assert_eq!(pod.namespace().as_deref(), Some(ns), "{}", ctx());
     assert_eq!(label(pod, "dapr.io/app-id"), Some(app_id), "{}", ctx());
     assert_eq!(
         label(pod, "dapr.io/sidecar-injected"),
@@ -1899,6 +1920,8 @@ async fn an_injected_pod_runs_its_sidecar_and_becomes_ready() {
         assert_eq!(code, 200, "GET /v1.0/metadata: {body}");
         let metadata: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(metadata["id"], "runner", "{body}");
+        // ferryd has its namespace from the downward API (the patch names none).
+        assert_eq!(metadata["extended"]["namespace"], ns.as_str(), "{body}");
 
         // The app sees where its sidecar is, and reaches it there (its own localhost), and
         // through it, itself.

@@ -8,6 +8,8 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -16,7 +18,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use ferry_e2e::{ClusterEnv, eventually, repo_root, run};
+use ferry_e2e::{ClusterEnv, eventually, k8s_version, repo_root, run};
 use http_body_util::{BodyExt as _, Full};
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -33,6 +35,60 @@ pub const WAIT: Duration = Duration::from_secs(90);
 pub const TESTAPP_IMAGE: &str = "ferry.test/testapp:dev";
 /// The label that puts a namespace under a test's injector (its namespaceSelector).
 pub const MESH_LABEL: &str = "ferry.dev/e2e-mesh";
+
+// === kubectl ===
+
+/// Where `e2e/controlplane/build.sh` keeps what it builds (helm, kubectl, the control plane).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("FERRY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/ferry")
+        })
+}
+
+pub fn kubectl_bin() -> PathBuf {
+    cache_dir()
+        .join("kubernetes")
+        .join(k8s_version())
+        .join("bin/kubectl")
+}
+
+/// kubectl against the Tier-1 cluster, with `stdin`: (stdout, stderr), or why it failed.
+pub fn kubectl(args: &[&str], stdin: &str) -> Result<(String, String), String> {
+    use std::io::Write as _;
+    let kubeconfig = ClusterEnv::load()
+        .and_then(|e| e.kubeconfig())
+        .expect("the Tier-1 cluster is up (make e2e)");
+    let mut child = Command::new(kubectl_bin())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    if out.status.success() {
+        Ok((stdout, stderr))
+    } else {
+        Err(format!(
+            "kubectl {} failed: {stderr}{stdout}",
+            args.join(" ")
+        ))
+    }
+}
 
 // === namespaces ===
 
