@@ -14,9 +14,11 @@ pub mod http_endpoint;
 pub mod ports;
 pub mod routing_table;
 pub mod size;
+pub mod spiffe;
 pub mod usage;
 
 pub use annotations::{AnnotationError, AppProtocol, LogLevel, SidecarConfig};
 pub use app_id::{AppId, AppIdError, Namespace};
 pub use http_endpoint::{HttpEndpoint, HttpEndpointSpec, HttpEndpointStatus};
 pub use routing_table::{RoutingTable, RoutingTableSpec, RoutingTableStatus};
+pub use spiffe::{SpiffeId, TrustDomain};
