@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+pub mod local;
 pub mod sentry;
 pub mod svid;
 pub mod tls;

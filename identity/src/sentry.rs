@@ -97,6 +97,11 @@ impl SentryClient {
         }
     }
 
+    /// The trust anchors the CA's certificate is checked against (swapped on rotation).
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
     pub fn address(&self) -> &str {
         &self.address
     }

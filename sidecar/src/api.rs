@@ -39,6 +39,8 @@ pub struct Health {
     pub outbound_check: OnceLock<OutboundCheck>,
     /// `PUT /v1.0/metadata/<key>` values.
     pub extended: Mutex<BTreeMap<String, String>>,
+    /// With mTLS: the workload certificate, which readiness needs.
+    pub identity: OnceLock<Arc<crate::identity::Identity>>,
 }
 
 /// Says whether outbound calls can be resolved, or what is missing.
@@ -206,11 +208,20 @@ fn healthz(app_id: &AppId, health: &Health, query: Option<&str>) -> Response<Bod
     if !health.outbound_ready.load(Ordering::Acquire) {
         waiting.push("name resolution");
     }
+    let identity = health.identity.get().map(|i| i.check());
+    if let Some(Err(_)) = &identity {
+        waiting.push("mtls");
+    }
     if !waiting.is_empty() {
+        let mut message = format!("dapr is not ready: [{}]", waiting.join(" "));
+        if let Some(Err(why)) = identity {
+            message.push_str(": ");
+            message.push_str(&why);
+        }
         return json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ERR_HEALTH_NOT_READY",
-            &format!("dapr is not ready: [{}]", waiting.join(" ")),
+            &message,
         );
     }
     if let Some(want) = query.and_then(|q| {
@@ -271,6 +282,18 @@ fn metadata(
         env!("CARGO_PKG_VERSION").into(),
     );
     extended.insert("namespace".into(), settings.namespace.as_str().into());
+    if let Some(identity) = health.identity.get() {
+        let status = identity.status();
+        if let Some(id) = status.spiffe_id {
+            extended.insert("spiffeID".into(), id.to_string().into());
+        }
+        if let Some(expiry) = status.expiry {
+            extended.insert(
+                "certificateExpiry".into(),
+                crate::identity::humantime(expiry).into(),
+            );
+        }
+    }
     for (k, v) in health
         .extended
         .lock()

@@ -7,7 +7,7 @@ use std::{
 };
 
 use clap::{Args, ValueEnum, builder::BoolishValueParser};
-use ferry_api::{AppId, Namespace, ports};
+use ferry_api::{AppId, Namespace, TrustDomain, ports};
 pub use ferry_api::{AppProtocol, LogLevel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -226,6 +226,69 @@ pub struct SidecarArgs {
     #[arg(long, env = "FERRY_APP_HEALTH_THRESHOLD", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub app_health_threshold: u32,
+
+    /// Mutual TLS between sidecars with SPIFFE certificates (the chart turns it on in
+    /// kubernetes mode). The certificate comes from the CA at --sentry-address; standalone
+    /// without one, from the local CA under --ferry-home.
+    #[arg(long, env = "FERRY_ENABLE_MTLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub enable_mtls: bool,
+
+    /// The CA serving Dapr Sentry's contract, `host:port`: Ferry's CA or Dapr's own Sentry.
+    #[arg(long, env = "FERRY_SENTRY_ADDRESS")]
+    pub sentry_address: Option<String>,
+
+    /// The CA's namespace: its certificate must be
+    /// spiffe://<control-plane-trust-domain>/ns/<this>/dapr-sentry.
+    #[arg(long, env = "FERRY_CONTROL_PLANE_NAMESPACE", default_value = "dapr-system",
+          value_parser = parse_namespace)]
+    pub control_plane_namespace: Namespace,
+
+    /// The CA's trust domain.
+    #[arg(
+        long,
+        env = "FERRY_CONTROL_PLANE_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub control_plane_trust_domain: TrustDomain,
+
+    /// The trust anchors (PEM) certificates must chain to, as daprd takes them.
+    #[arg(long, env = "DAPR_TRUST_ANCHORS", hide = true, hide_env_values = true)]
+    pub trust_anchors: Option<String>,
+
+    /// A file of PEM trust anchors, read again when it changes (a root rotation reaches running
+    /// sidecars this way).
+    #[arg(long, env = "FERRY_TRUST_ANCHORS_FILE")]
+    pub trust_anchors_file: Option<PathBuf>,
+
+    /// The token proving this sidecar's identity to the CA [default: Dapr's path in kubernetes
+    /// mode, /var/run/secrets/dapr.io/sentrytoken/token; standalone: none].
+    #[arg(long, env = "FERRY_SENTRY_TOKEN_FILE")]
+    pub sentry_token_file: Option<PathBuf>,
+
+    /// Lifetime of certificates from the standalone local CA (Dapr's default: 24h).
+    #[arg(long, env = "FERRY_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_ttl)]
+    pub workload_cert_ttl: Duration,
+}
+
+/// Where a projected service-account token for the CA is mounted, as Dapr's injector does.
+pub const SENTRY_TOKEN_FILE: &str = "/var/run/secrets/dapr.io/sentrytoken/token";
+
+/// Go-style durations of whole units: `90s`, `30m`, `24h`.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as 90s, 30m or 24h");
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(bad()),
+    };
+    if secs < 60 {
+        return Err(format!("{s:?}: a certificate must live at least 1m"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 /// The flags once checked against each other, with the mode's defaults applied: everything the
@@ -275,6 +338,46 @@ pub struct Settings {
     pub config: Vec<String>,
     /// Things to tell the operator once logging is up (deprecated and unsupported flags).
     pub warnings: Vec<String>,
+    /// mTLS between sidecars (`None`: plaintext).
+    pub mtls: Option<MtlsSettings>,
+}
+
+/// mTLS between sidecars: where the certificate comes from and what it must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsSettings {
+    pub ca: CaSource,
+    /// `None` with the local CA (its root is the anchor).
+    pub anchors: Option<AnchorSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// Standalone: the local CA in this directory, created on first use.
+    Local { dir: PathBuf, ttl: Duration },
+    /// A server of Sentry's contract.
+    Sentry {
+        address: String,
+        /// The CA's SPIFFE ID, which its certificate must carry.
+        sentry: ferry_api::SpiffeId,
+        /// `None`: no token (Dapr's self-hosted Sentry, validator INSECURE).
+        token_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnchorSource {
+    Pem(String),
+    File(PathBuf),
+}
+
+impl AnchorSource {
+    pub fn read(&self) -> Result<String, String> {
+        match self {
+            Self::Pem(pem) => Ok(pem.clone()),
+            Self::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the trust anchors at {}: {e}", path.display())),
+        }
+    }
 }
 
 /// Where the sidecar reaches its app.
@@ -321,6 +424,8 @@ pub struct AppHealthSettings {
 /// Flags that each parse but do not fit together; exits with code 64 like a bad flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
+    #[error("{0}")]
+    Mtls(String),
     #[error(
         "--enable-app-health-check needs --app-port: the app is probed through its app channel"
     )]
@@ -514,8 +619,63 @@ impl SidecarArgs {
                 secret_refresh: Duration::from_secs(self.kube_secret_refresh_seconds),
             },
             config: self.config.clone(),
+            mtls: self.mtls(&mut warnings)?,
             warnings,
         })
+    }
+
+    fn mtls(&self, warnings: &mut Vec<String>) -> Result<Option<MtlsSettings>, ConfigError> {
+        if !self.enable_mtls {
+            if self.mode == Mode::Kubernetes {
+                warnings.push(
+                    "mTLS between sidecars is OFF (no --enable-mtls): peers are not verified, and traffic between sidecars is plaintext".to_owned(),
+                );
+            }
+            return Ok(None);
+        }
+        let anchors = match (&self.trust_anchors_file, &self.trust_anchors) {
+            (Some(path), _) => Some(AnchorSource::File(path.clone())),
+            (None, Some(pem)) if !pem.trim().is_empty() => Some(AnchorSource::Pem(pem.clone())),
+            _ => None,
+        };
+        let ca = match (&self.sentry_address, self.mode) {
+            (Some(address), mode) => {
+                if anchors.is_none() {
+                    return Err(ConfigError::Mtls(
+                        "--sentry-address needs the trust anchors: set DAPR_TRUST_ANCHORS or --trust-anchors-file".into(),
+                    ));
+                }
+                let token_file = self.sentry_token_file.clone().or_else(|| {
+                    (mode == Mode::Kubernetes).then(|| PathBuf::from(SENTRY_TOKEN_FILE))
+                });
+                CaSource::Sentry {
+                    address: address.clone(),
+                    sentry: ferry_identity::sentry::sentry_id(
+                        &self.control_plane_trust_domain,
+                        &self.control_plane_namespace,
+                    ),
+                    token_file,
+                }
+            }
+            (None, Mode::Kubernetes) => {
+                return Err(ConfigError::Mtls(
+                    "--enable-mtls in kubernetes mode needs --sentry-address (the CA's host:port)"
+                        .into(),
+                ));
+            }
+            (None, Mode::Standalone) => {
+                if anchors.is_some() {
+                    return Err(ConfigError::Mtls(
+                        "trust anchors are given but no --sentry-address: the standalone local CA is its own anchor; give --sentry-address to use another CA".into(),
+                    ));
+                }
+                CaSource::Local {
+                    dir: ferry_home(self.ferry_home.clone()).join("ca"),
+                    ttl: self.workload_cert_ttl,
+                }
+            }
+        };
+        Ok(Some(MtlsSettings { ca, anchors }))
     }
 
     pub fn graceful_shutdown(&self) -> Duration {

@@ -12,6 +12,7 @@ pub mod body;
 pub mod config;
 pub mod conn;
 pub mod endpoints;
+pub mod identity;
 pub mod inbound;
 pub mod invoke;
 pub mod kubernetes;

@@ -20,6 +20,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio_util::either::Either;
 
 use arc_swap::ArcSwap;
 use tower::Service;
@@ -31,10 +32,12 @@ use crate::{
     config::{ConfigError, HttpListen, Mode, Settings, SidecarArgs},
     conn,
     endpoints::{self, Endpoints},
+    identity::Identity,
     kubernetes::{self, KubeResolver, httpendpoints},
     metrics::Metrics,
     outbound::{
-        peers::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, TcpConnect},
+        mtls::PeerConnect,
+        peers::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW},
         resolve::Resolve,
     },
     registry::{Entry, Registration, RegistryResolver, now_unix},
@@ -62,6 +65,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Resources(#[from] endpoints::LoadError),
+    #[error("mTLS (--enable-mtls): {0}")]
+    Identity(String),
     #[error(
         "cannot register in {dir} (set FERRY_HOME or --ferry-home to a writable directory): {source}"
     )]
@@ -233,10 +238,33 @@ async fn launch<R: Resolve>(
         .app_health
         .clone()
         .map(|s| Arc::new(AppHealth::new(s)));
+    // The first certificate before serving, so the first call can use it; without one the
+    // sidecar serves anyway, not Ready, and keeps asking (`Identity::run`).
+    let identity = match &settings.mtls {
+        None => {
+            if settings.mode == Mode::Kubernetes {
+                tracing::warn!("plaintext between sidecars: mTLS is off (--enable-mtls not given)");
+            }
+            None
+        }
+        Some(m) => {
+            let identity = Identity::new(m, &settings.app_id, &settings.namespace)
+                .map_err(StartError::Identity)?;
+            let _ = identity.obtain().await;
+            Some(identity)
+        }
+    };
+    let connect = match &identity {
+        Some(i) => PeerConnect::mtls(ferry_identity::tls::client_config(i.credentials())),
+        None => PeerConnect::Tcp,
+    };
+    let internal_tls = identity.as_ref().map(|i| {
+        tokio_rustls::TlsAcceptor::from(ferry_identity::tls::server_config(i.credentials()))
+    });
     let sidecar = Sidecar::new(Parts {
         settings: settings.clone(),
         resolver,
-        connect: TcpConnect,
+        connect,
         app: app.clone(),
         fqdn,
         endpoints: endpoints.clone(),
@@ -245,6 +273,9 @@ async fn launch<R: Resolve>(
         metrics: metrics.clone(),
     });
     let health = Arc::new(Health::default());
+    if let Some(i) = &identity {
+        let _ = health.identity.set(i.clone());
+    }
     if !settings.config.is_empty() {
         health
             .extended
@@ -297,9 +328,12 @@ async fn launch<R: Resolve>(
             builder.clone(),
             svc,
             shutdown_rx.clone(),
-            grace,
-            first_request,
-            Duration::ZERO,
+            ConnOptions {
+                grace,
+                first_request,
+                linger: Duration::ZERO,
+                tls: None,
+            },
         ));
     }
     {
@@ -310,9 +344,12 @@ async fn launch<R: Resolve>(
             builder.clone(),
             svc,
             shutdown_rx.clone(),
-            grace,
-            first_request,
-            grace.min(PEER_LINGER),
+            ConnOptions {
+                grace,
+                first_request,
+                linger: grace.min(PEER_LINGER),
+                tls: internal_tls,
+            },
         ));
     }
     if let Some(listener) = public {
@@ -326,9 +363,12 @@ async fn launch<R: Resolve>(
             builder.clone(),
             svc,
             shutdown_rx.clone(),
-            grace,
-            first_request,
-            Duration::ZERO,
+            ConnOptions {
+                grace,
+                first_request,
+                linger: Duration::ZERO,
+                tls: None,
+            },
         ));
     }
     if let (Some(listener), Some(m)) = (metrics_listener, &metrics) {
@@ -341,13 +381,19 @@ async fn launch<R: Resolve>(
             builder.clone(),
             svc,
             shutdown_rx.clone(),
-            grace,
-            first_request,
-            Duration::ZERO,
+            ConnOptions {
+                grace,
+                first_request,
+                linger: Duration::ZERO,
+                tls: None,
+            },
         ));
     }
 
     let mut background = JoinSet::new();
+    if let Some(i) = identity {
+        background.spawn(i.run());
+    }
     match &settings.app {
         None => health.app_ready.store(true, Ordering::Release),
         Some(a) => {
@@ -547,13 +593,17 @@ async fn serve<S, F>(
     builder: auto::Builder<TokioExecutor>,
     svc: S,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
-    first_request: Duration,
-    linger: Duration,
+    options: ConnOptions,
 ) where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
+    let ConnOptions {
+        grace,
+        first_request,
+        linger,
+        tls,
+    } = options;
     // Every connection task holds a sender: all are done when `recv` sees none left.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let stopping = Arc::new(AtomicBool::new(false));
@@ -595,12 +645,39 @@ async fn serve<S, F>(
                         }
                     }
                 };
-                let io = conn::HeadDeadline::new(stream, activity.clone(), first_request);
-                // Not `serve_connection_with_upgrades`: the sidecar never upgrades a connection.
-                let conn = builder.serve_connection(TokioIo::new(io), service_fn(svc)).into_owned();
                 let (open, mut shutdown) = (open.clone(), stop.clone());
+                let (builder, tls) = (builder.clone(), tls.clone());
                 tokio::spawn(async move {
                     let _open = open;
+                    // mTLS: the handshake counts against the first request's time. The peer's
+                    // verified identity goes with each of its requests; what it says in headers
+                    // about itself is not trusted (the callee stack sets them from this).
+                    let (stream, peer_id) = match tls {
+                        None => (Either::Left(stream), None),
+                        Some(tls) => match tokio::time::timeout(first_request, tls.accept(stream)).await {
+                            Ok(Ok(tls)) => {
+                                let id = ferry_identity::tls::peer_identity(tls.get_ref().1.peer_certificates());
+                                (Either::Right(tls), id)
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "a peer's TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!("a peer's TLS handshake timed out");
+                                return;
+                            }
+                        },
+                    };
+                    let svc = move |mut req: Request<Incoming>| {
+                        if let Some(id) = &peer_id {
+                            req.extensions_mut().insert(id.clone());
+                        }
+                        svc(req)
+                    };
+                    let io = conn::HeadDeadline::new(stream, activity.clone(), first_request);
+                    // Not `serve_connection_with_upgrades`: the sidecar never upgrades a connection.
+                    let conn = builder.serve_connection(TokioIo::new(io), service_fn(svc)).into_owned();
                     tokio::pin!(conn);
                     let guard = tokio::time::sleep(first_request);
                     tokio::pin!(guard);
@@ -656,6 +733,18 @@ async fn serve<S, F>(
             "in-flight requests did not finish within the grace period"
         );
     }
+}
+
+/// How a port treats its connections.
+struct ConnOptions {
+    /// How long in-flight requests may finish on shutdown.
+    grace: Duration,
+    /// How long a new connection may take to send its first request (and its TLS handshake).
+    first_request: Duration,
+    /// How long an idle HTTP/1.1 connection is kept on shutdown.
+    linger: Duration,
+    /// mTLS (the internal port with --enable-mtls).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Returns once shutdown has begun (or the sender is gone).

@@ -26,7 +26,12 @@ use ferry_sidecar::{
     endpoints::{Endpoint, Endpoints},
     inbound::Inbound,
     invoke::ResolveError,
-    outbound::{Outbound, balance::Instances, peers::Connect, resolve::Resolve},
+    outbound::{
+        Outbound,
+        balance::Instances,
+        peers::{Connect, Peer},
+        resolve::Resolve,
+    },
     stacks::{Parts, Sidecar},
     upstream::{AppChannel, upstream_fn},
 };
@@ -124,7 +129,8 @@ impl Pipes {
 impl Connect for Pipes {
     type Io = TokioIo<tokio::io::DuplexStream>;
 
-    async fn connect(&self, addr: SocketAddr) -> io::Result<Self::Io> {
+    async fn connect(&self, peer: &Peer) -> io::Result<Self::Io> {
+        let addr = peer.addr;
         *self.attempts.lock().unwrap().entry(addr).or_default() += 1;
         let Some(inbound) = self.callees.lock().unwrap().get(&addr).cloned() else {
             return Err(io::Error::new(

@@ -1,7 +1,8 @@
 //! The callee stack's first step: a request on the internal port must be meant for this
 //! sidecar's app (`ferry-callee: <app-id>.<namespace>`), so that a recycled pod IP never
-//! delivers another app's traffic. Verified identity and access control (with mTLS) come
-//! right after this step.
+//! delivers another app's traffic. Over mTLS, the caller's app ID and namespace headers are
+//! set here from its verified certificate (`server.rs` puts its SPIFFE ID in the request's
+//! extensions); access control comes after normalization.
 
 use std::task::Poll;
 
@@ -49,6 +50,9 @@ where
                 own: String::from_utf8_lossy(self.own.as_bytes()).into_owned(),
             };
             return Box::pin(std::future::ready(Err(cause)));
+        }
+        if let Some(caller) = req.extensions().get::<ferry_api::SpiffeId>().cloned() {
+            headers::set_verified_caller(req.headers_mut(), &caller);
         }
         self.inner.call(req)
     }

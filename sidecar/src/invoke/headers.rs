@@ -172,6 +172,14 @@ pub fn take_callee(h: &mut HeaderMap) -> Option<HeaderValue> {
     h.remove(names::FERRY_CALLEE)
 }
 
+/// On the callee, over mTLS: the caller is who its certificate says, whatever its headers
+/// claim (every `dapr-caller-*` value that came over the network is replaced).
+pub fn set_verified_caller(h: &mut HeaderMap, caller: &ferry_api::SpiffeId) {
+    let hv = |s: &str| HeaderValue::from_str(s).expect("validated IDs are valid header values");
+    h.insert(names::DAPR_CALLER_APP_ID, hv(caller.app_id.as_str()));
+    h.insert(names::DAPR_CALLER_NAMESPACE, hv(caller.namespace.as_str()));
+}
+
 /// The caller's app ID, as its sidecar set it.
 pub fn caller_app_id(h: &HeaderMap) -> Option<&str> {
     h.get(names::DAPR_CALLER_APP_ID)

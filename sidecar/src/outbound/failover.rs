@@ -19,7 +19,7 @@ use crate::{
 use super::{
     balance::InFlight,
     metrics::MetricPeer,
-    peers::{Connect, PeerPool, Replay},
+    peers::{Connect, Peer, PeerPool, Replay},
     resolve::{PeerCall, Resolve},
 };
 
@@ -117,8 +117,10 @@ impl<R: Resolve, C: Connect> Shared<R, C> {
             // until the response body ends; dropped with the request if this attempt fails.
             let load = InFlight::start(backend);
             // The callee checks that the request is meant for it: app ID and namespace.
-            headers::set_callee(req.headers_mut(), instances.callee_headers(id.as_str()).tag);
-            let conn = match self.peers.checkout(addr, streamed).await {
+            let callee = instances.callee_headers(id.as_str()).tag;
+            headers::set_callee(req.headers_mut(), callee.clone());
+            let peer = Peer { addr, callee };
+            let conn = match self.peers.checkout(peer.clone(), streamed).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(peer = %addr, error = %e, attempt, "cannot reach a peer sidecar");
@@ -135,7 +137,7 @@ impl<R: Resolve, C: Connect> Shared<R, C> {
             match conn.send(req, replay).await {
                 Ok(resp) => return Ok(resp.map(|b| body::holding(body::boxed(b), load))),
                 Err(mut e) => {
-                    self.peers.evict(addr);
+                    self.peers.evict(&peer);
                     if let Some(limit) = find_too_large(e.error()) {
                         return Err(Cause::BodyTooLarge { limit });
                     }

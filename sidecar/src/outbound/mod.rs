@@ -33,6 +33,7 @@ pub mod call;
 pub mod external;
 pub mod failover;
 pub mod metrics;
+pub mod mtls;
 pub mod peers;
 pub mod resolve;
 pub mod route;

@@ -66,11 +66,30 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 pub(crate) const H2_STREAM_WINDOW: u32 = 1 << 20;
 pub(crate) const H2_CONNECTION_WINDOW: u32 = 4 << 20;
 
-/// How a sidecar reaches a peer's internal port: the connector, injected (TCP here; mTLS once
-/// identity lands; an in-memory pipe in tests).
+/// A peer sidecar: its internal port's address, and the app it must be (`<app-id>.<namespace>`,
+/// the `ferry-callee` value). Connections are pooled per peer, so a connection made to one app
+/// is never used for another, even when a recycled address now belongs to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub callee: HeaderValue,
+}
+
+impl From<SocketAddr> for Peer {
+    /// A peer that must be no app in particular: over mTLS, no certificate matches it.
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            callee: HeaderValue::from_static(""),
+        }
+    }
+}
+
+/// How a sidecar reaches a peer's internal port: the connector, injected (TCP, mTLS with the
+/// callee's expected identity, an in-memory pipe in tests).
 pub trait Connect: Clone + Send + Sync + 'static {
     type Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
-    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Io>> + Send;
+    fn connect(&self, peer: &Peer) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
 /// Plain TCP (with `TCP_NODELAY`), within [`CONNECT_TIMEOUT`].
@@ -80,8 +99,8 @@ pub struct TcpConnect;
 impl Connect for TcpConnect {
     type Io = TokioIo<tokio::net::TcpStream>;
 
-    async fn connect(&self, addr: SocketAddr) -> io::Result<Self::Io> {
-        connect_tcp(addr).await
+    async fn connect(&self, peer: &Peer) -> io::Result<Self::Io> {
+        connect_tcp(peer.addr).await.map(TokioIo::new)
     }
 }
 
@@ -107,7 +126,7 @@ impl Default for PeerPool<TcpConnect> {
 
 struct Inner<C> {
     connect: C,
-    slots: ArcSwap<HashMap<SocketAddr, Arc<PeerSlot<C>>>>,
+    slots: ArcSwap<HashMap<Peer, Arc<PeerSlot<C>>>>,
     insert: Mutex<()>,
     /// The reaper runs from the first peer on, once per pool.
     reaping: AtomicBool,
@@ -115,7 +134,7 @@ struct Inner<C> {
 
 struct PeerSlot<C> {
     connect: C,
-    addr: SocketAddr,
+    peer: Peer,
     /// `Host` (HTTP/1.1) and `:authority` (HTTP/2) for requests to this peer, made once.
     host: HeaderValue,
     authority: Authority,
@@ -145,8 +164,8 @@ impl<C: Connect> PeerPool<C> {
 
     /// A connection to `addr` for one request: HTTP/2 when the body is `streamed`, else an
     /// idle HTTP/1.1 connection when there is one, or a new one.
-    pub async fn checkout(&self, addr: SocketAddr, streamed: bool) -> io::Result<PeerConn<C>> {
-        let slot = self.slot(addr);
+    pub async fn checkout(&self, peer: Peer, streamed: bool) -> io::Result<PeerConn<C>> {
+        let slot = self.slot(peer);
         let sender = if streamed {
             Sender::Http2(slot.http2().await?)
         } else if let Some(sender) = slot.take() {
@@ -156,47 +175,47 @@ impl<C: Connect> PeerPool<C> {
             }
         } else {
             Sender::Http1 {
-                sender: connect_http1(&slot.connect, addr).await?,
+                sender: connect_http1(&slot.connect, &slot.peer).await?,
                 reused: false,
             }
         };
         Ok(PeerConn { sender, slot })
     }
 
-    /// Drops the connections to `addr` after one of them failed: they most likely share its
+    /// Drops the connections to `peer` after one of them failed: they most likely share its
     /// fate (the peer restarted), and the next requests should not find out one by one.
-    pub fn evict(&self, addr: SocketAddr) {
-        if let Some(slot) = self.inner.slots.load().get(&addr) {
+    pub fn evict(&self, peer: &Peer) {
+        if let Some(slot) = self.inner.slots.load().get(peer) {
             slot.lock().clear();
             slot.h2.store(None);
         }
     }
 
-    fn slot(&self, addr: SocketAddr) -> Arc<PeerSlot<C>> {
-        if let Some(s) = self.inner.slots.load().get(&addr) {
+    fn slot(&self, peer: Peer) -> Arc<PeerSlot<C>> {
+        if let Some(s) = self.inner.slots.load().get(&peer) {
             return s.clone();
         }
         let _g = self.inner.insert.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.inner.slots.load_full();
-        if let Some(s) = current.get(&addr) {
+        if let Some(s) = current.get(&peer) {
             return s.clone();
         }
         if !self.inner.reaping.swap(true, Ordering::AcqRel) {
             // The first peer: from now on, idle connections are looked over now and then.
             tokio::spawn(reap(Arc::downgrade(&self.inner)));
         }
-        let text = addr.to_string();
+        let text = peer.addr.to_string();
         let mut next = (*current).clone();
         let slot = Arc::new(PeerSlot {
             connect: self.inner.connect.clone(),
-            addr,
+            peer: peer.clone(),
             host: HeaderValue::from_str(&text).expect("a socket address is a valid header value"),
             authority: text.parse().expect("a socket address is a valid authority"),
             idle: Mutex::default(),
             h2: ArcSwapOption::empty(),
             h2_connecting: tokio::sync::Mutex::default(),
         });
-        next.insert(addr, slot.clone());
+        next.insert(peer, slot.clone());
         self.inner.slots.store(Arc::new(next));
         slot
     }
@@ -228,7 +247,7 @@ async fn reap<C: Connect>(inner: Weak<Inner<C>>) {
                         || !s.lock().is_empty()
                         || s.h2.load().as_ref().is_some_and(|s| !s.is_closed())
                 })
-                .map(|(a, s)| (*a, s.clone()))
+                .map(|(a, s)| (a.clone(), s.clone()))
                 .collect();
             if next.len() != current.len() {
                 inner.slots.store(Arc::new(next));
@@ -274,7 +293,7 @@ impl<C: Connect> PeerSlot<C> {
         if let Some(s) = live(&self.h2) {
             return Ok(s);
         }
-        let sender = connect_http2(&self.connect, self.addr).await?;
+        let sender = connect_http2(&self.connect, &self.peer).await?;
         self.h2.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
@@ -363,17 +382,17 @@ impl<C: Connect> PeerConn<C> {
                             return Err(e.into());
                         };
                         let error = e.into_error();
-                        let Ok(mut fresh) = connect_http1(&slot.connect, slot.addr).await else {
+                        let Ok(mut fresh) = connect_http1(&slot.connect, &slot.peer).await else {
                             // The peer is gone (a sidecar shutting down closes its idle
                             // connections and its listener): the idempotent request may go
                             // to another instance.
-                            tracing::debug!(peer = %slot.addr, %error, "a kept-alive connection failed and the peer takes no new one; the idempotent request may go elsewhere");
+                            tracing::debug!(peer = %slot.peer.addr, %error, "a kept-alive connection failed and the peer takes no new one; the idempotent request may go elsewhere");
                             return Err(SendError {
                                 error,
                                 back: Some(again),
                             });
                         };
-                        tracing::debug!(peer = %slot.addr, %error, "a kept-alive connection failed; sending the idempotent request again on a new one");
+                        tracing::debug!(peer = %slot.peer.addr, %error, "a kept-alive connection failed; sending the idempotent request again on a new one");
                         for_http1(&mut again, &slot);
                         let resp = fresh.try_send_request(again).await?;
                         slot.give_back(fresh);
@@ -453,7 +472,8 @@ impl<C: Connect> PeerSlot<C> {
     }
 }
 
-async fn connect_tcp(addr: SocketAddr) -> io::Result<TokioIo<tokio::net::TcpStream>> {
+/// A TCP connection to `addr` with `TCP_NODELAY`, within [`CONNECT_TIMEOUT`].
+pub(crate) async fn connect_tcp(addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| {
@@ -463,7 +483,7 @@ async fn connect_tcp(addr: SocketAddr) -> io::Result<TokioIo<tokio::net::TcpStre
             )
         })??;
     tcp.set_nodelay(true)?;
-    Ok(TokioIo::new(tcp))
+    Ok(tcp)
 }
 
 /// Runs a peer connection's I/O in a task of its own until it ends.
@@ -477,19 +497,19 @@ fn drive(addr: SocketAddr, conn: impl Future<Output = hyper::Result<()>> + Send 
 
 async fn connect_http1<C: Connect>(
     connect: &C,
-    addr: SocketAddr,
+    peer: &Peer,
 ) -> io::Result<http1::SendRequest<Body>> {
     let (sender, conn) = http1::Builder::new()
-        .handshake(connect.connect(addr).await?)
+        .handshake(connect.connect(peer).await?)
         .await
         .map_err(io::Error::other)?;
-    drive(addr, conn);
+    drive(peer.addr, conn);
     Ok(sender)
 }
 
 async fn connect_http2<C: Connect>(
     connect: &C,
-    addr: SocketAddr,
+    peer: &Peer,
 ) -> io::Result<http2::SendRequest<Body>> {
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -498,10 +518,10 @@ async fn connect_http2<C: Connect>(
         .keep_alive_while_idle(true)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .handshake(connect.connect(addr).await?)
+        .handshake(connect.connect(peer).await?)
         .await
         .map_err(io::Error::other)?;
-    drive(addr, conn);
+    drive(peer.addr, conn);
     Ok(sender)
 }
 
@@ -564,7 +584,7 @@ mod tests {
     /// Lets the task that returns a connection run until the pool holds one for `addr`.
     async fn returned(pool: &PeerPool, addr: SocketAddr) {
         for _ in 0..1000 {
-            if !pool.inner.slots.load()[&addr].lock().is_empty() {
+            if !pool.inner.slots.load()[&Peer::from(addr)].lock().is_empty() {
                 return;
             }
             tokio::task::yield_now().await;
@@ -577,7 +597,7 @@ mod tests {
     }
 
     async fn send(pool: &PeerPool, addr: SocketAddr, streamed: bool) -> String {
-        let conn = pool.checkout(addr, streamed).await.unwrap();
+        let conn = pool.checkout(addr.into(), streamed).await.unwrap();
         let mut req = Request::new(crate::body::empty());
         *req.uri_mut() = "/x".parse().unwrap();
         let resp = conn
@@ -605,8 +625,8 @@ mod tests {
     async fn concurrent_requests_get_connections_of_their_own() {
         let (addr, accepted) = server().await;
         let pool = PeerPool::default();
-        let a = pool.checkout(addr, false).await.unwrap();
-        let b = pool.checkout(addr, false).await.unwrap();
+        let a = pool.checkout(addr.into(), false).await.unwrap();
+        let b = pool.checkout(addr.into(), false).await.unwrap();
         drop((a, b));
         assert_eq!(get(&pool, addr).await, format!("HTTP/1.1 {addr} /x"));
         // Neither of the two checked out was used, so neither came back: a third was made.
@@ -620,7 +640,7 @@ mod tests {
         let pool = PeerPool::default();
         assert_eq!(get(&pool, addr).await, format!("HTTP/1.1 {addr} /x"));
         returned(&pool, addr).await;
-        pool.evict(addr);
+        pool.evict(&addr.into());
         assert_eq!(get(&pool, addr).await, format!("HTTP/1.1 {addr} /x"));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -633,7 +653,7 @@ mod tests {
             assert_eq!(send(&pool, addr, true).await, format!("HTTP/2.0 {addr} /x"));
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        pool.evict(addr);
+        pool.evict(&addr.into());
         assert_eq!(send(&pool, addr, true).await, format!("HTTP/2.0 {addr} /x"));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
@@ -670,7 +690,7 @@ mod tests {
     type Failed = (String, bool);
 
     async fn call(pool: &PeerPool, addr: SocketAddr, method: Method) -> Result<u16, Failed> {
-        let conn = pool.checkout(addr, false).await.unwrap();
+        let conn = pool.checkout(addr.into(), false).await.unwrap();
         let mut req = Request::new(crate::body::empty());
         *req.method_mut() = method;
         *req.uri_mut() = "/x".parse().unwrap();
@@ -755,7 +775,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         let err = PeerPool::default()
-            .checkout(addr, false)
+            .checkout(addr.into(), false)
             .await
             .err()
             .expect("nothing listens there");
