@@ -30,7 +30,8 @@ pub const STOP_WAIT: Duration = Duration::from_secs(KILL_AFTER.as_secs() + 5);
 /// How long a sidecar may take to start (it registers once it serves).
 const START_WAIT: Duration = Duration::from_secs(30);
 
-pub fn main(given: &Path) -> i32 {
+/// Runs the apps of the run file at `given`; `mesh` are flags every sidecar gets (mTLS).
+pub fn main(given: &Path, mesh: &[String]) -> i32 {
     let file = match runfile::load(given) {
         Ok(f) => f,
         Err(e) => {
@@ -41,7 +42,7 @@ pub fn main(given: &Path) -> i32 {
     for w in &file.warnings {
         eprintln!("ferry: warning: {}: {w}", file.shown);
     }
-    crate::runtime(true).block_on(supervise(file))
+    crate::runtime(true).block_on(supervise(file, mesh))
 }
 
 /// One started app.
@@ -52,14 +53,14 @@ struct Started {
     exited: Option<ExitStatus>,
 }
 
-async fn supervise(file: RunFile) -> i32 {
+async fn supervise(file: RunFile, mesh: &[String]) -> i32 {
     let registry_dir =
         ferry_home(std::env::var_os("FERRY_HOME").map(PathBuf::from)).join("registry");
     let mut signals = Signals::new();
     let mut started: Vec<Started> = Vec::new();
     let mut failed = false;
     for app in &file.apps {
-        match start(&file, app).await {
+        match start(&file, app, mesh).await {
             Ok(s) => started.push(s),
             Err(e) => {
                 eprintln!("ferry: {}: app {:?}: {e}", file.shown, app.app_id);
@@ -252,10 +253,11 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-async fn start(file: &RunFile, app: &App) -> Result<Started, String> {
+async fn start(file: &RunFile, app: &App, mesh: &[String]) -> Result<Started, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the ferry binary: {e}"))?;
     let mut args: Vec<String> = vec!["run".into()];
     args.extend(app.flags.iter().cloned());
+    args.extend(mesh.iter().cloned());
     args.push("--dapr-http-port".into());
     args.push(app.http_port.unwrap_or(0).to_string());
     let grpc = match app.grpc_port {

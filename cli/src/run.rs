@@ -160,6 +160,16 @@ impl Destination {
 
 /// Gives the `run` subcommand `dapr run`'s short flags, and lets `--app-id` be left out with
 /// `-f` (checked in [`main`]).
+/// Flags of the whole mesh, which `ferry run -f` takes and gives every app's sidecar.
+const MESH_WIDE: &[&str] = &[
+    "enable_mtls",
+    "sentry_address",
+    "trust_anchors_file",
+    "control_plane_namespace",
+    "control_plane_trust_domain",
+    "workload_cert_ttl",
+];
+
 pub fn adjust(run: clap::Command) -> clap::Command {
     let short = |c: clap::Command, id: &str, s: char| c.mut_arg(id, |a| a.short(s));
     let run = run.mut_arg("app_id", |a| {
@@ -198,11 +208,27 @@ pub fn main(mut args: RunArgs, m: &ArgMatches) -> i32 {
         let run = run
             .find_subcommand("run")
             .expect("the run subcommand exists");
+        let given_here = |a: &&clap::Arg| {
+            a.get_id() != "run_file"
+                && a.get_id() != "command"
+                && m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+        };
         let flags: Vec<String> = run
             .get_arguments()
-            .filter(|a| a.get_id() != "run_file" && a.get_id() != "command")
-            .filter(|a| m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+            .filter(given_here)
+            .filter(|a| !MESH_WIDE.contains(&a.get_id().as_str()))
             .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        // mTLS is the whole mesh's: given with -f, every app's sidecar gets it.
+        let mesh: Vec<String> = run
+            .get_arguments()
+            .filter(given_here)
+            .filter(|a| MESH_WIDE.contains(&a.get_id().as_str()))
+            .filter_map(|a| {
+                let long = a.get_long()?;
+                let value = m.get_raw(a.get_id().as_str())?.next()?.to_string_lossy().into_owned();
+                Some(format!("--{long}={value}"))
+            })
             .collect();
         if !args.command.is_empty() {
             eprintln!(
@@ -220,7 +246,7 @@ pub fn main(mut args: RunArgs, m: &ArgMatches) -> i32 {
         for w in warnings {
             eprintln!("ferry: warning: {w}");
         }
-        return crate::multi::main(file);
+        return crate::multi::main(file, &mesh);
     }
     if !given(m, "app_id") {
         eprintln!(

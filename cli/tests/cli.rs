@@ -630,3 +630,37 @@ fn a_bad_run_file_is_refused_naming_the_file_the_app_and_the_key() {
     );
     assert!(home.entries().is_empty(), "nothing was started");
 }
+
+#[test]
+fn a_run_file_with_enable_mtls_gives_every_sidecar_a_certificate() {
+    let home = Home::new("multi-mtls");
+    let run = RunDir::new(&home);
+    let mut sup = ferry()
+        .args(["run", "--enable-mtls", "-f"])
+        .arg(&run.dir)
+        .env("FERRY_HOME", &home.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(sup.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    wait_for_line(&rx, &mut seen, "== APP - client == hello from web");
+    let entries = home.entries();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for e in &entries {
+        let port = e["http_port"].as_u64().unwrap() as u16;
+        let (status, body) = http_get(port, "/v1.0/metadata", &[]);
+        assert_eq!(status, 200, "{body}");
+        let meta: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let app = e["app_id"].as_str().unwrap();
+        assert_eq!(
+            meta["extended"]["spiffeID"],
+            format!("spiffe://public/ns/default/{app}"),
+            "{meta}"
+        );
+    }
+    assert!(home.0.join("ca/ca.crt").exists(), "one local CA for the run");
+    signal(sup.id(), nix::sys::signal::Signal::SIGINT);
+    assert_eq!(sup.wait().unwrap().code(), Some(0));
+}

@@ -76,6 +76,7 @@ impl PendingKey {
             .map_err(|e| SvidError::Key(e.to_string()))?;
         Ok(Svid {
             id: info.id,
+            received: SystemTime::now(),
             not_before: info.not_before,
             not_after: info.not_after,
             chain_pem: chain_pem.to_owned(),
@@ -88,6 +89,8 @@ impl PendingKey {
 #[derive(Clone)]
 pub struct Svid {
     pub id: SpiffeId,
+    /// When this sidecar got it.
+    pub received: SystemTime,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub chain_pem: String,
@@ -104,14 +107,15 @@ impl std::fmt::Debug for Svid {
 }
 
 impl Svid {
-    /// When to ask for the next one: at 70 % of its lifetime (Linkerd's choice; Dapr renews
-    /// in the same last third), leaving hours to retry while the CA is away.
+    /// When to ask for the next one: at 70 % of the life it had when it arrived (Linkerd's
+    /// choice), leaving the last 30 % (hours, by default) to retry while the CA is away.
+    /// Counted from its arrival, not its `notBefore`, which CAs backdate for clock skew.
     pub fn renew_at(&self) -> SystemTime {
         let life = self
             .not_after
-            .duration_since(self.not_before)
+            .duration_since(self.received)
             .unwrap_or_default();
-        self.not_before + life.mul_f64(0.7)
+        self.received + life.mul_f64(0.7)
     }
 }
 
