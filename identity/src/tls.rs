@@ -290,6 +290,57 @@ pub fn sentry_client_config(credentials: &Arc<Credentials>) -> Arc<ClientConfig>
     Arc::new(config)
 }
 
+/// A server certificate that can be replaced while serving (the CA's own, renewed before it
+/// expires and re-issued when the issuer changes).
+#[derive(Debug)]
+pub struct ServingCert(ArcSwap<CertifiedKey>);
+
+impl ServingCert {
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: &rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<Arc<Self>, rustls::Error> {
+        Ok(Arc::new(Self(ArcSwap::from_pointee(certified(
+            chain, key,
+        )?))))
+    }
+
+    pub fn set(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: &rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> Result<(), rustls::Error> {
+        self.0.store(Arc::new(certified(chain, key)?));
+        Ok(())
+    }
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: &rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, rustls::Error> {
+    Ok(CertifiedKey::new(
+        chain,
+        rustls::crypto::ring::sign::any_supported_type(key)?,
+    ))
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// A serving config over a replaceable certificate, no client certificate asked.
+pub fn serving_config(cert: &Arc<ServingCert>) -> Arc<ServerConfig> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
+    Arc::new(config)
+}
+
 /// A serving config with a fixed certificate (the CA's own), no client certificate asked.
 pub fn fixed_server_config(
     chain: Vec<CertificateDer<'static>>,

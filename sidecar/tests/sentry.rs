@@ -1,0 +1,353 @@
+//! ferryd against a CA on Sentry's contract (`--sentry-address`), with real processes: the CA
+//! runs in the test (Ferry's `SentryService` over the signing core, as the operator hosts it),
+//! the sidecars are real ferryd processes. Certificates with a short life are renewed under
+//! load with no failed call; the CA away for a while stops nobody who holds a certificate, and
+//! a new sidecar waits, not Ready, saying why; a root rotation (add the new root, switch the
+//! issuer, remove the old root) under load fails no call.
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use common::*;
+use ferry_api::{Namespace, TrustDomain};
+use ferry_identity::{
+    Authority, CaMaterial,
+    sentry::{
+        self, Refusal, SentryService, SignCertificateRequest, TokenValidator, Validated, Validator,
+    },
+    tls::{self, ServingCert},
+};
+use tokio::net::TcpListener;
+
+struct Insecure(Arc<AtomicU64>);
+
+impl Validator for Insecure {
+    fn kind(&self) -> TokenValidator {
+        TokenValidator::Insecure
+    }
+    async fn validate(&self, _req: &SignCertificateRequest) -> Result<Validated, Refusal> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(Validated {
+            trust_domain: TrustDomain::default(),
+        })
+    }
+}
+
+fn sentry_id() -> ferry_api::SpiffeId {
+    sentry::sentry_id(
+        &TrustDomain::new("cluster.local").unwrap(),
+        &Namespace::new("ferry-system").unwrap(),
+    )
+}
+
+/// The CA's own serving certificate, from `material`'s issuer: it lives an hour whatever the
+/// workload certificates' life (renewing it is the CA host's business, not these tests').
+fn serving(
+    material: &CaMaterial,
+    anchors: &str,
+) -> (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    Authority::new(
+        &material.issuer_cert,
+        &material.issuer_key,
+        anchors,
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .serving_certificate(&sentry_id(), &[])
+    .unwrap()
+}
+
+/// Ferry's CA on a port of its own, stoppable and restartable on the same address.
+struct Ca {
+    authority: Arc<ArcSwap<Authority>>,
+    serving: Arc<ServingCert>,
+    addr: std::net::SocketAddr,
+    signed: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Ca {
+    async fn start(material: &CaMaterial, ttl: Duration) -> Self {
+        let authority = Authority::from_material(material, ttl).unwrap();
+        let (chain, key) = serving(material, &material.root_cert);
+        let mut ca = Self {
+            authority: Arc::new(ArcSwap::from_pointee(authority)),
+            serving: ServingCert::new(chain, &key).unwrap(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            signed: Arc::default(),
+            stop: None,
+        };
+        ca.serve().await;
+        ca
+    }
+
+    async fn serve(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let service = SentryService::new(self.authority.clone(), Insecure(self.signed.clone()));
+        let config = tls::serving_config(&self.serving);
+        tokio::spawn(sentry::serve(listener, config, service, async {
+            let _ = rx.await;
+        }));
+        self.stop = Some(tx);
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Signs with `material`'s issuer from now on, handing out `anchors`.
+    fn switch_issuer(&self, material: &CaMaterial, anchors: &str, ttl: Duration) {
+        let next =
+            Authority::new(&material.issuer_cert, &material.issuer_key, anchors, ttl).unwrap();
+        let (chain, key) = serving(material, anchors);
+        self.serving.set(chain, &key).unwrap();
+        self.authority.store(Arc::new(next));
+    }
+
+    fn args(&self, anchors: &std::path::Path) -> Vec<String> {
+        [
+            "--enable-mtls",
+            "--sentry-address",
+            &self.addr.to_string(),
+            "--control-plane-namespace",
+            "ferry-system",
+            "--control-plane-trust-domain",
+            "cluster.local",
+            "--trust-anchors-file",
+            anchors.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// Calls a → b from `workers` loops until stopped; returns (ok, failed, first failure).
+fn load(
+    a: &Sidecar,
+    workers: usize,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(u64, Vec<String>)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = a.url("/v1.0/invoke/b/method/load");
+    let s = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let (s, url) = (s.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut i = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    let r = call("POST", &url, &[], &format!("{w}-{i}")).await;
+                    if r.status == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{}: {}", r.status, r.text()));
+                    }
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (ok, failed)
+            }));
+        }
+        let mut all = (0, Vec::new());
+        for t in tasks {
+            let (ok, failed) = t.await.unwrap();
+            all.0 += ok;
+            all.1.extend(failed);
+        }
+        all
+    });
+    (stop, task)
+}
+
+fn anchors_file(mesh: &Mesh, pem: &str) -> PathBuf {
+    // Written whole and renamed into place, as the kubelet updates a mounted ConfigMap.
+    let tmp = mesh.write("trust/.ca.crt.tmp", pem);
+    let path = mesh.home.join("trust/ca.crt");
+    std::fs::rename(tmp, &path).unwrap();
+    path
+}
+
+async fn expiry(sc: &Sidecar) -> String {
+    get(&sc.url("/v1.0/metadata")).await.json()["extended"]["certificateExpiry"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_are_renewed_under_load_without_a_failed_call() {
+    let mesh = Mesh::new("sentry-renew");
+    let material = CaMaterial::generate("public", Duration::from_secs(3600)).unwrap();
+    let ca = Ca::start(&material, Duration::from_secs(5)).await;
+    let anchors = anchors_file(&mesh, &material.root_cert);
+    let args = ca.args(&anchors);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let app = TestApp::start("b-app").await;
+    let b = mesh
+        .sidecar("b")
+        .app_port(app.port)
+        .args(&args)
+        .start()
+        .await;
+    let a = mesh.sidecar("a").args(&args).start().await;
+    let first = expiry(&b).await;
+
+    let (stop, task) = load(&a, 4);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = task.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 100, "only {ok} calls");
+    assert_ne!(expiry(&b).await, first, "b's certificate was never renewed");
+    assert!(
+        b.log_text()
+            .matches("renewed the workload certificate")
+            .count()
+            >= 2,
+        "{}",
+        b.log_text()
+    );
+    // A sidecar that joins now meets b's renewed certificate in a fresh handshake.
+    let c = mesh.sidecar("c").args(&args).start().await;
+    assert_eq!(get(&c.url("/v1.0/invoke/b/method/x")).await.status, 200);
+    eprintln!(
+        "renewal under load: {ok} calls, 0 failed; CA signed {}",
+        ca.signed.load(Ordering::Relaxed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ca_away_calls_go_on_and_a_new_sidecar_waits_not_ready() {
+    let mesh = Mesh::new("sentry-away");
+    let material = CaMaterial::generate("public", Duration::from_secs(3600)).unwrap();
+    let mut ca = Ca::start(&material, Duration::from_secs(3600)).await;
+    let anchors = anchors_file(&mesh, &material.root_cert);
+    let args = ca.args(&anchors);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let app = TestApp::start("b-app").await;
+    let b = mesh
+        .sidecar("b")
+        .app_port(app.port)
+        .args(&args)
+        .start()
+        .await;
+    let a = mesh.sidecar("a").args(&args).start().await;
+
+    ca.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (stop, task) = load(&a, 2);
+    let c = mesh.sidecar("c").args(&args).start_unready().await;
+    // c has no certificate: not Ready, and it says why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        let r = get(&c.url("/v1.0/healthz")).await;
+        if r.status == 500 && r.text().contains("cannot reach the CA") {
+            break r.text();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} {}\n{}",
+            r.status,
+            r.text(),
+            c.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        reason.contains("ERR_HEALTH_NOT_READY") && reason.contains("[mtls]"),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = task.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "calls failed while the CA was away: {:?}",
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 20, "only {ok} calls");
+
+    // The CA is back: c gets its certificate on its next try, and calls.
+    ca.serve().await;
+    c.wait_healthy().await;
+    assert_eq!(get(&c.url("/v1.0/invoke/b/method/x")).await.status, 200);
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_under_load_fails_no_call() {
+    let mesh = Mesh::new("sentry-rotate");
+    let old = CaMaterial::generate("public", Duration::from_secs(3600)).unwrap();
+    let new = CaMaterial::generate("public", Duration::from_secs(3600)).unwrap();
+    let ttl = Duration::from_secs(4);
+    let ca = Ca::start(&old, ttl).await;
+    let anchors = anchors_file(&mesh, &old.root_cert);
+    let args = ca.args(&anchors);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let app = TestApp::start("b-app").await;
+    let b = mesh
+        .sidecar("b")
+        .app_port(app.port)
+        .args(&args)
+        .start()
+        .await;
+    let a = mesh.sidecar("a").args(&args).start().await;
+    let (stop, task) = load(&a, 4);
+
+    // 1. Trust both roots.
+    let both = format!("{}{}", old.root_cert, new.root_cert);
+    anchors_file(&mesh, &both);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // 2. Sign with the new issuer; wait until every certificate is the new issuer's.
+    ca.switch_issuer(&new, &both, ttl);
+    tokio::time::sleep(ttl * 2).await;
+    // 3. Trust only the new root.
+    anchors_file(&mesh, &new.root_cert);
+    ca.switch_issuer(&new, &new.root_cert, ttl);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = task.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} calls failed during the rotation: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok > 100, "only {ok} calls");
+    for sc in [&a, &b] {
+        assert_eq!(
+            sc.log_text().matches("the trust anchors changed").count(),
+            2,
+            "{}",
+            sc.log_text()
+        );
+    }
+    // A sidecar that trusts only the new root meets a and b in fresh handshakes.
+    let c = mesh.sidecar("c").args(&args).start().await;
+    assert_eq!(get(&c.url("/v1.0/invoke/b/method/x")).await.status, 200);
+    eprintln!("root rotation under load: {ok} calls, 0 failed");
+}
