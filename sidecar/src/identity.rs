@@ -17,10 +17,13 @@ use std::{
 use ferry_api::{AppId, Namespace, SpiffeId, TrustDomain};
 use ferry_identity::{
     Authority, Credentials, PendingKey, Svid, TrustBundle,
-    sentry::{Proof, SentryClient, TokenValidator},
+    sentry::{Proof, SentryClient, SentryError, TokenValidator},
 };
 
-use crate::config::{AnchorSource, CaSource, MtlsSettings};
+use crate::{
+    config::{AnchorSource, CaSource, MtlsSettings},
+    metrics::Metrics,
+};
 
 /// Retries after a failed request: from 1 s, doubling, up to 30 s.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -46,6 +49,7 @@ pub struct Identity {
     last_error: Mutex<Option<String>>,
     renewals: AtomicU64,
     failures: AtomicU64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -72,6 +76,7 @@ impl Identity {
         settings: &MtlsSettings,
         app_id: &AppId,
         namespace: &Namespace,
+        metrics: Option<Arc<Metrics>>,
     ) -> Result<Arc<Self>, String> {
         let (source, bundle) = match &settings.ca {
             CaSource::Local { dir, ttl } => {
@@ -116,6 +121,7 @@ impl Identity {
             last_error: Mutex::new(None),
             renewals: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            metrics,
         }))
     }
 
@@ -156,7 +162,8 @@ impl Identity {
         }
     }
 
-    async fn request(&self) -> Result<Svid, String> {
+    /// A certificate, or why not with the reason class the metrics count.
+    async fn request(&self) -> Result<Svid, (&'static str, String)> {
         match &self.source {
             Source::Local(authority) => {
                 let asked = SpiffeId::new(
@@ -164,22 +171,23 @@ impl Identity {
                     self.namespace.clone(),
                     self.app_id.clone(),
                 );
-                let key = PendingKey::generate(&asked).map_err(|e| e.to_string())?;
+                let key = PendingKey::generate(&asked).map_err(|e| ("sign", e.to_string()))?;
                 let signed = authority
                     .sign(key.csr_pem().as_bytes(), &asked)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ("sign", e.to_string()))?;
                 key.complete(&signed.chain_pem, &asked, &self.credentials.bundle())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| ("invalid_cert", e.to_string()))
             }
             Source::Sentry { client, token_file } => {
                 let proof = match token_file {
                     Some(path) => Proof {
                         token: std::fs::read_to_string(path)
                             .map_err(|e| {
-                                format!(
+                                let why = format!(
                                     "cannot read the token for the CA at {}: {e}",
                                     path.display()
-                                )
+                                );
+                                ("sentry_token", why)
                             })?
                             .trim()
                             .to_owned(),
@@ -194,7 +202,14 @@ impl Identity {
                 client
                     .request(&self.app_id, &self.namespace, &proof)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| {
+                        let reason = match e {
+                            SentryError::Connect { .. } => "sentry_conn",
+                            SentryError::Refused { .. } => "sign",
+                            SentryError::Answer(_) => "invalid_cert",
+                        };
+                        (reason, e.to_string())
+                    })
             }
         }
     }
@@ -210,6 +225,9 @@ impl Identity {
                     "{}",
                     if first { "got the workload certificate" } else { "renewed the workload certificate" }
                 );
+                if let Some(m) = &self.metrics {
+                    m.cert_rotated(svid.not_after);
+                }
                 self.credentials.set_svid(svid);
                 if !first {
                     self.renewals.fetch_add(1, Ordering::Relaxed);
@@ -217,8 +235,11 @@ impl Identity {
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(())
             }
-            Err(e) => {
+            Err((reason, e)) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.cert_rotation_failed(reason);
+                }
                 tracing::warn!(error = %e, "cannot get a workload certificate; retrying");
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
                 Err(e)

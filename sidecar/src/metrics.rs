@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use ferry_api::AppId;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
-    metrics::{MetricType, TypedMetric, counter::Counter, family::Family},
+    metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -131,6 +131,20 @@ pub struct Metrics {
     probe_statuses: StatusCounters<PlainCounter>,
     peers: ArcSwap<HashMap<Box<str>, Arc<Peer>>>,
     insert: Mutex<()>,
+    cert_rotated: Counter,
+    cert_rotation_failed: Family<FailLabels, Counter>,
+    cert_expiry: Gauge,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailLabels {
+    app_id: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabels {
+    app_id: String,
 }
 
 /// The counters of one peer app ID, each made on first use.
@@ -209,6 +223,33 @@ impl Metrics {
             "Count of completed app health probes",
             probes.clone(),
         );
+        // mTLS, under Dapr's names (`runtime/mtls/workload_cert_rotated_total`, `..._fail_total`)
+        // and one of ours for the expiry.
+        let app = AppLabels {
+            app_id: app_id.to_string(),
+        };
+        let cert_rotated = Family::<AppLabels, Counter>::default();
+        registry.register(
+            "dapr_runtime_mtls_workload_cert_rotated",
+            "The number of the successful workload certificate rotations",
+            cert_rotated.clone(),
+        );
+        let cert_rotation_failed = Family::<FailLabels, Counter>::default();
+        registry.register(
+            "dapr_runtime_mtls_workload_cert_rotated_fail",
+            "The number of the failed workload certificate rotations, by reason",
+            cert_rotation_failed.clone(),
+        );
+        let cert_expiry = Family::<AppLabels, Gauge>::default();
+        registry.register(
+            "ferry_mtls_workload_cert_expiry_timestamp_seconds",
+            "When the workload certificate expires (Unix time)",
+            cert_expiry.clone(),
+        );
+        let (cert_rotated, cert_expiry) = (
+            cert_rotated.get_or_create(&app).clone(),
+            cert_expiry.get_or_create(&app).clone(),
+        );
         Self {
             app_id: app_id.to_string(),
             registry,
@@ -220,7 +261,32 @@ impl Metrics {
             probe_statuses: StatusCounters::new(),
             peers: ArcSwap::from_pointee(HashMap::new()),
             insert: Mutex::new(()),
+            cert_rotated,
+            cert_rotation_failed,
+            cert_expiry,
         }
+    }
+
+    /// A workload certificate was obtained (the first, or a renewal), valid until `expiry`.
+    pub fn cert_rotated(&self, expiry: std::time::SystemTime) {
+        self.cert_rotated.inc();
+        let secs = expiry
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.cert_expiry
+            .set(i64::try_from(secs).unwrap_or(i64::MAX));
+    }
+
+    /// Getting a certificate failed; `reason` is one of a few fixed words (Dapr's:
+    /// `sentry_conn`, `sentry_token`, `sign`; ours: `invalid_cert`).
+    pub fn cert_rotation_failed(&self, reason: &'static str) {
+        self.cert_rotation_failed
+            .get_or_create(&FailLabels {
+                app_id: self.app_id.clone(),
+                reason,
+            })
+            .inc();
     }
 
     /// The counters for a peer app ID (a target, or a caller named by `dapr-caller-app-id`).

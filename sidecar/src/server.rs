@@ -248,7 +248,7 @@ async fn launch<R: Resolve>(
             None
         }
         Some(m) => {
-            let identity = Identity::new(m, &settings.app_id, &settings.namespace)
+            let identity = Identity::new(m, &settings.app_id, &settings.namespace, metrics.clone())
                 .map_err(StartError::Identity)?;
             let _ = identity.obtain().await;
             Some(identity)

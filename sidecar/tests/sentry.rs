@@ -259,7 +259,17 @@ async fn with_the_ca_away_calls_go_on_and_a_new_sidecar_waits_not_ready() {
     ca.stop();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (stop, task) = load(&a, 2);
-    let c = mesh.sidecar("c").args(&args).start_unready().await;
+    let mc = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let c = mesh
+        .sidecar("c")
+        .args(&args)
+        .args(&["--enable-metrics", "--metrics-port", &mc.to_string()])
+        .start_unready()
+        .await;
     // c has no certificate: not Ready, and it says why.
     let deadline = Instant::now() + Duration::from_secs(10);
     let reason = loop {
@@ -290,10 +300,44 @@ async fn with_the_ca_away_calls_go_on_and_a_new_sidecar_waits_not_ready() {
     );
     assert!(ok > 20, "only {ok} calls");
 
+    let metrics = format!("http://127.0.0.1:{mc}/metrics");
+    let text = get(&metrics).await.text();
+    assert!(
+        text.contains(
+            r#"dapr_runtime_mtls_workload_cert_rotated_fail_total{app_id="c",reason="sentry_conn"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"ferry_mtls_workload_cert_expiry_timestamp_seconds{app_id="c"} 0"#),
+        "{text}"
+    );
+
     // The CA is back: c gets its certificate on its next try, and calls.
     ca.serve().await;
     c.wait_healthy().await;
     assert_eq!(get(&c.url("/v1.0/invoke/b/method/x")).await.status, 200);
+    let text = get(&metrics).await.text();
+    assert!(
+        text.contains(r#"dapr_runtime_mtls_workload_cert_rotated_total{app_id="c"} 1"#),
+        "{text}"
+    );
+    let expiry: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"ferry_mtls_workload_cert_expiry_timestamp_seconds{app_id="c"} "#)
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        expiry > now + 3000 && expiry <= now + 3600,
+        "{expiry} vs {now}"
+    );
     drop(b);
 }
 
