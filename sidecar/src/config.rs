@@ -8,6 +8,8 @@ use std::{
 
 use clap::{Args, ValueEnum, builder::BoolishValueParser};
 use ferry_api::{AppId, Namespace, ports};
+
+use crate::auth::{Token, TokenError};
 pub use ferry_api::{AppProtocol, LogLevel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -273,8 +275,30 @@ pub struct Settings {
     pub kube: KubeSettings,
     /// Configuration resources named with `--config` (not applied yet).
     pub config: Vec<String>,
+    /// `DAPR_API_TOKEN`: what every HTTP API request must carry.
+    pub api_token: Option<Token>,
+    /// `APP_API_TOKEN`: what this sidecar sends its own app, and only it.
+    pub app_token: Option<Token>,
     /// Things to tell the operator once logging is up (deprecated and unsupported flags).
     pub warnings: Vec<String>,
+}
+
+/// The variable of the token apps send their sidecar (Dapr's).
+pub const API_TOKEN_ENV: &str = "DAPR_API_TOKEN";
+/// The variable of the token the sidecar sends its app (Dapr's).
+pub const APP_TOKEN_ENV: &str = "APP_API_TOKEN";
+
+impl Settings {
+    /// The API tokens, from the values of [`API_TOKEN_ENV`] and [`APP_TOKEN_ENV`].
+    pub fn with_tokens(
+        mut self,
+        api: Option<&str>,
+        app: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        self.api_token = Token::from_env_value(API_TOKEN_ENV, api)?;
+        self.app_token = Token::from_env_value(APP_TOKEN_ENV, app)?;
+        Ok(self)
+    }
 }
 
 /// Where the sidecar reaches its app.
@@ -331,6 +355,8 @@ pub enum ConfigError {
     ProbeTimeoutAboveInterval { timeout_ms: u64, interval_s: u64 },
     #[error("POD_IP {0:?} is not an IP address (set --host-ip or DAPR_HOST_IP instead)")]
     PodIp(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// The default largest request body (Dapr's): 4 MiB.
@@ -363,8 +389,11 @@ impl SidecarArgs {
 
     /// Checks the flags against each other and applies the mode's defaults; reads `POD_IP` in
     /// kubernetes mode.
+    /// Reads the API tokens (`DAPR_API_TOKEN`, `APP_API_TOKEN`) from the environment too.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        self.settings_with(std::env::var("POD_IP").ok())
+        let env = |k| std::env::var(k).ok();
+        self.settings_with(env("POD_IP"))?
+            .with_tokens(env(API_TOKEN_ENV).as_deref(), env(APP_TOKEN_ENV).as_deref())
     }
 
     /// [`Self::settings`] with the value of `POD_IP` given.
@@ -514,6 +543,8 @@ impl SidecarArgs {
                 secret_refresh: Duration::from_secs(self.kube_secret_refresh_seconds),
             },
             config: self.config.clone(),
+            api_token: None,
+            app_token: None,
             warnings,
         })
     }

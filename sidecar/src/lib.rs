@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod apphealth;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod conn;

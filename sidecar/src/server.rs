@@ -214,10 +214,10 @@ async fn launch<R: Resolve>(
         tracing::info!(endpoints = ?endpoints.names(), "loaded HTTPEndpoints");
     }
     let endpoints = Arc::new(ArcSwap::from_pointee(endpoints));
-    let app = settings
-        .app
-        .as_ref()
-        .map(|a| AppChannel::new(settings.app_protocol, &a.address, a.port));
+    let app = settings.app.as_ref().map(|a| {
+        AppChannel::new(settings.app_protocol, &a.address, a.port)
+            .with_token(settings.app_token.clone())
+    });
     let fqdn = settings.fqdn.map(|f| {
         let guard = if f.allow_link_local {
             GuardedResolver::open()
