@@ -6,6 +6,7 @@
 //! resolver, the peer connector, the app channel ([`upstream`]). Only [`server`] binds sockets.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod api;
 pub mod apphealth;
 pub mod auth;
