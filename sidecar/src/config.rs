@@ -194,8 +194,9 @@ pub struct SidecarArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub metrics_port: u16,
 
-    /// Dapr Configuration resources by name (or file); not supported yet: accepted, with a
-    /// warning that their settings are not applied.
+    /// The Dapr Configuration to apply (its access control): a YAML file in standalone mode,
+    /// the name of a Configuration in the sidecar's namespace in kubernetes mode. Changes apply
+    /// without a restart.
     #[arg(long, env = "FERRY_CONFIG", value_delimiter = ',')]
     pub config: Vec<String>,
 
@@ -273,7 +274,8 @@ pub struct Settings {
     /// Standalone mode's registry directory.
     pub registry_dir: PathBuf,
     pub kube: KubeSettings,
-    /// Configuration resources named with `--config` (not applied yet).
+    /// The Configuration named with `--config` (a file standalone, a resource name in
+    /// kubernetes mode).
     pub config: Vec<String>,
     /// `DAPR_API_TOKEN`: what every HTTP API request must carry.
     pub api_token: Option<Token>,
@@ -468,12 +470,6 @@ impl SidecarArgs {
 
         if self.app_ssl {
             warnings.push("--app-ssl is deprecated; use --app-protocol https".to_owned());
-        }
-        if !self.config.is_empty() {
-            warnings.push(format!(
-                "Configuration resources are not supported yet: --config {} is accepted, but its access control, tracing and metrics settings are NOT applied",
-                self.config.join(",")
-            ));
         }
 
         let app_health = if self.enable_app_health_check {
@@ -791,17 +787,34 @@ mod tests {
     }
 
     #[test]
-    fn config_is_accepted_with_a_warning() {
-        let a = parse(&["--config", "tracing"]).unwrap();
-        assert_eq!(a.config, vec!["tracing".to_owned()]);
+    fn config_is_taken_as_given() {
+        let a = parse(&["--config", "appconfig"]).unwrap();
+        assert_eq!(a.config, vec!["appconfig".to_owned()]);
         let s = a.settings_with(None).unwrap();
-        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
-        let w = &s.warnings[0];
+        assert_eq!(s.config, ["appconfig"]);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn tokens_come_from_their_variables() {
+        let s = settings(&[]);
+        assert_eq!((&s.api_token, &s.app_token), (&None, &None));
+        let s = s.with_tokens(Some("api"), Some("")).unwrap();
         assert!(
-            w.contains("tracing") && w.contains("NOT applied") && w.contains("access control"),
-            "{w}"
+            s.api_token
+                .as_ref()
+                .unwrap()
+                .matches(Some(&http::HeaderValue::from_static("api")))
         );
-        assert!(settings(&[]).warnings.is_empty());
+        assert_eq!(
+            s.app_token, None,
+            "an empty variable is no token, as in Dapr"
+        );
+        let e = settings(&[])
+            .with_tokens(None, Some("a\u{7}b"))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("APP_API_TOKEN holds"), "{e}");
+        assert!(!format!("{s:?}").contains("\"api\""), "tokens never print");
     }
 
     #[test]

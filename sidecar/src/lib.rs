@@ -12,6 +12,7 @@ pub mod apphealth;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod configuration;
 pub mod conn;
 pub mod endpoints;
 pub mod inbound;

@@ -270,6 +270,7 @@ mod tests {
                 query: None,
                 headers: HeaderMap::new(),
                 body: body::empty(),
+                caller: None,
             })
             .await
     }
