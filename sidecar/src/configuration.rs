@@ -72,7 +72,7 @@ pub fn read_file(path: &Path) -> Result<Option<Acl>, ConfigurationError> {
 
 /// [`read_file`] on text already read.
 pub fn parse_file(path: &Path, text: &str) -> Result<Option<Acl>, ConfigurationError> {
-    let doc: serde_json::Value =
+    let mut doc: serde_json::Value =
         serde_saphyr::from_str(text).map_err(|e| ConfigurationError::Parse {
             path: path.to_owned(),
             reason: one_line(&e.to_string()),
@@ -84,6 +84,11 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Option<Acl>, ConfigurationE
             path: path.to_owned(),
             kind: kind.to_owned(),
         });
+    }
+    // Dapr's standalone loader needs no metadata; the resource type does.
+    if let Some(map) = doc.as_object_mut() {
+        map.entry("metadata")
+            .or_insert_with(|| serde_json::json!({}));
     }
     let config: Configuration =
         serde_json::from_value(doc).map_err(|e| ConfigurationError::Parse {
