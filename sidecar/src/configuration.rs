@@ -148,9 +148,50 @@ pub async fn follow_file(path: PathBuf, policy: Policy) {
     }
 }
 
+/// What one event of the Configuration's watch means for the policy (pure; the watch loop
+/// below does the I/O).
+#[derive(Debug, Default)]
+pub struct ResourceWatch {
+    /// The current list (since `Init`) has seen the object.
+    listed: bool,
+}
+
+/// A step of [`ResourceWatch`].
+#[derive(Debug)]
+pub enum Change {
+    /// Swap this policy in (`None`: no access control).
+    Set(Option<Acl>),
+    /// The Configuration cannot be used: the last policy stays, for this reason.
+    Keep(AccessControlErrors),
+    /// The list ended without the object: there is none.
+    Absent,
+    Nothing,
+}
+
+impl ResourceWatch {
+    pub fn on(&mut self, event: Event<Configuration>) -> Change {
+        match event {
+            Event::Init => {
+                self.listed = false;
+                Change::Nothing
+            }
+            Event::InitApply(c) | Event::Apply(c) => {
+                self.listed = true;
+                match policy_of(&c.spec) {
+                    Ok(acl) => Change::Set(acl),
+                    Err(e) => Change::Keep(e),
+                }
+            }
+            Event::InitDone if !self.listed => Change::Absent,
+            Event::InitDone => Change::Nothing,
+            Event::Delete(_) => Change::Absent,
+        }
+    }
+}
+
 /// Follows the Configuration `name` of `namespace` through the Kubernetes API forever: each
-/// version is applied when valid; deleted, there is no access control (as daprd without its
-/// Configuration); while the API server is away the last policy stays.
+/// version is applied when valid; deleted or absent, there is no access control (as daprd
+/// without its Configuration); while the API server is away the last policy stays.
 pub async fn follow_resource(
     client: kube::Client,
     namespace: Namespace,
@@ -160,50 +201,37 @@ pub async fn follow_resource(
     let api = kube::Api::<Configuration>::namespaced(client, namespace.as_str());
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut backoff = DefaultBackoff::default();
-    // Whether the last list saw the object (an empty list means it does not exist).
-    let mut seen_in_list = false;
+    let mut watch = ResourceWatch::default();
     loop {
         let mut stream = std::pin::pin!(watcher::watcher(api.clone(), config.clone()));
         while let Some(item) = stream.next().await {
-            match item {
-                Ok(Event::Init) => seen_in_list = false,
-                Ok(Event::InitApply(c) | Event::Apply(c)) => {
-                    seen_in_list = true;
-                    apply_resource(&namespace, &name, &c, &policy);
-                }
-                Ok(Event::InitDone) => {
-                    backoff.reset();
-                    if !seen_in_list && policy.load().is_some() {
-                        tracing::warn!(namespace = %namespace, configuration = %name, "the Configuration is gone; no access control applies");
-                        policy.store(None);
-                    } else if !seen_in_list {
-                        tracing::warn!(namespace = %namespace, configuration = %name, "the Configuration named by --config (dapr.io/config) does not exist; no access control applies until it does");
-                    }
-                }
-                Ok(Event::Delete(_)) => {
-                    tracing::warn!(namespace = %namespace, configuration = %name, "the Configuration was deleted; no access control applies");
-                    policy.store(None);
-                }
+            let event = match item {
+                Ok(event) => event,
                 Err(e) => {
                     tracing::warn!(namespace = %namespace, configuration = %name, error = %crate::kubernetes::watch::describe(&e), "watch failed; the last policy stays in force");
                     break;
                 }
+            };
+            if matches!(event, Event::InitDone) {
+                backoff.reset();
+            }
+            match watch.on(event) {
+                Change::Set(acl) => {
+                    tracing::info!(namespace = %namespace, configuration = %name, access_control = acl.is_some(), "Configuration applied");
+                    policy.store(acl.map(Arc::new));
+                }
+                Change::Keep(e) => {
+                    tracing::warn!(namespace = %namespace, configuration = %name, error = %e, "the Configuration cannot be used; the last policy stays in force (kubectl describe configuration {name} -n {namespace})");
+                }
+                Change::Absent => {
+                    tracing::warn!(namespace = %namespace, configuration = %name, "the Configuration named by --config (dapr.io/config) does not exist; no access control applies until it does");
+                    policy.store(None);
+                }
+                Change::Nothing => {}
             }
         }
         let pause = backoff.next().unwrap_or(Duration::from_secs(30));
         tokio::time::sleep(pause).await;
-    }
-}
-
-fn apply_resource(namespace: &Namespace, name: &str, c: &Configuration, policy: &Policy) {
-    match policy_of(&c.spec) {
-        Ok(acl) => {
-            tracing::info!(namespace = %namespace, configuration = %name, access_control = acl.is_some(), "Configuration applied");
-            policy.store(acl.map(Arc::new));
-        }
-        Err(e) => {
-            tracing::warn!(namespace = %namespace, configuration = %name, error = %e, "the Configuration cannot be used; the last policy stays in force (kubectl describe configuration {name} -n {namespace})");
-        }
     }
 }
 
@@ -240,6 +268,62 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
+    }
+
+    fn resource(default_action: &str) -> Configuration {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "appconfig", "namespace": "shop"},
+            "spec": {"accessControl": {"defaultAction": default_action}},
+        }))
+        .unwrap()
+    }
+
+    fn allows(c: &Change) -> Option<bool> {
+        match c {
+            Change::Set(Some(acl)) => Some(acl.check(None, "x", Some("GET")).allowed),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_watch_swaps_valid_versions_keeps_the_last_on_bad_ones_and_drops_a_deleted_one() {
+        let mut w = ResourceWatch::default();
+        assert!(matches!(w.on(Event::Init), Change::Nothing));
+        assert_eq!(
+            allows(&w.on(Event::InitApply(resource("deny")))),
+            Some(false)
+        );
+        assert!(matches!(w.on(Event::InitDone), Change::Nothing));
+        assert_eq!(allows(&w.on(Event::Apply(resource("allow")))), Some(true));
+        match w.on(Event::Apply(resource("sometimes"))) {
+            Change::Keep(e) => assert!(
+                e.to_string().contains("\"sometimes\" is not an action"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            w.on(Event::Delete(resource("allow"))),
+            Change::Absent
+        ));
+        // A re-list (after the API server was away) that does not find it: there is none.
+        assert!(matches!(w.on(Event::Init), Change::Nothing));
+        assert!(matches!(w.on(Event::InitDone), Change::Absent));
+        // Found again on the next list.
+        assert!(matches!(w.on(Event::Init), Change::Nothing));
+        assert_eq!(
+            allows(&w.on(Event::InitApply(resource("deny")))),
+            Some(false)
+        );
+        assert!(matches!(w.on(Event::InitDone), Change::Nothing));
+        let tracing_only: Configuration = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "appconfig"}, "spec": {"tracing": {"samplingRate": "1"}},
+        }))
+        .unwrap();
+        assert!(matches!(
+            w.on(Event::Apply(tracing_only)),
+            Change::Set(None)
+        ));
     }
 
     #[test]

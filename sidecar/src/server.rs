@@ -160,13 +160,19 @@ pub async fn start_with(settings: Settings, info: RunInfo) -> Result<Running, St
                 .set(OutboundCheck(Box::new(move || check.outbound())));
             let background = &mut running.running.background;
             background.spawn(resolver.clone().let_go_idle_forever());
-            if let (Ok(api), Some(name)) = (&api, settings.config.first()) {
-                background.spawn(configuration::follow_resource(
-                    api.client.clone(),
-                    settings.namespace.clone(),
-                    name.clone(),
-                    running.policy.clone(),
-                ));
+            match (&api, settings.config.first()) {
+                (Ok(api), Some(name)) => {
+                    background.spawn(configuration::follow_resource(
+                        api.client.clone(),
+                        settings.namespace.clone(),
+                        name.clone(),
+                        running.policy.clone(),
+                    ));
+                }
+                (Err(why), Some(name)) => tracing::warn!(
+                    "cannot watch the Configuration {name} (--config): {why}; no access control applies"
+                ),
+                (_, None) => {}
             }
             if let (Ok(api), Ok(own)) = (api, resolver.watch(&settings.namespace)) {
                 let endpoints = running.endpoints.clone();

@@ -613,8 +613,9 @@ mod tests {
             ])
         );
         assert!(
-            messages(&[(keys::CONFIG, "appconfig")]).unwrap()[0]
-                .contains("only its defaultAction until mTLS between sidecars lands), not its tracing")
+            messages(&[(keys::CONFIG, "appconfig")]).unwrap()[0].contains(
+                "only its defaultAction until mTLS between sidecars lands), not its tracing"
+            )
         );
         assert_eq!(
             messages(&[(keys::ENABLED, "true"), (keys::APP_ID, "cart")]),
