@@ -8,6 +8,7 @@
 
 pub mod annotations;
 pub mod app_id;
+pub mod configuration;
 pub mod crd;
 pub mod headers;
 pub mod http_endpoint;
@@ -19,6 +20,7 @@ pub mod usage;
 
 pub use annotations::{AnnotationError, AppProtocol, LogLevel, SidecarConfig};
 pub use app_id::{AppId, AppIdError, Namespace};
+pub use configuration::{Configuration, ConfigurationSpec};
 pub use http_endpoint::{HttpEndpoint, HttpEndpointSpec, HttpEndpointStatus};
 pub use routing_table::{RoutingTable, RoutingTableSpec, RoutingTableStatus};
 pub use spiffe::{SpiffeId, TrustDomain};

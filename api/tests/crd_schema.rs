@@ -166,7 +166,11 @@ fn all_crds_render_deterministically() {
     let names: Vec<String> = crd::all().iter().map(crd::file_name).collect();
     assert_eq!(
         names,
-        ["httpendpoints.dapr.io.yaml", "routingtables.ferry.dev.yaml"]
+        [
+            "configurations.dapr.io.yaml",
+            "httpendpoints.dapr.io.yaml",
+            "routingtables.ferry.dev.yaml"
+        ]
     );
     let once = crd::rendered().unwrap();
     assert_eq!(once, crd::rendered().unwrap());
@@ -231,4 +235,32 @@ fn dapr_docs_manifest_parses() {
     assert_eq!(v["auth"], json!({"secretStore": "kubernetes"}));
     assert_eq!(v["scopes"], json!(["checkout", "cart"]));
     assert!(v["spec"].get("auth").is_none());
+}
+
+#[test]
+fn configuration_crd_keeps_daprs_other_sections() {
+    use ferry_api::{Configuration, configuration};
+    let crd = Configuration::crd();
+    assert_eq!(crd.metadata.name.as_deref(), Some(configuration::CRD_NAME));
+    assert_eq!(crd.spec.group, "dapr.io");
+    assert_eq!(crd.spec.scope, "Namespaced");
+    assert_eq!(crd.spec.names.kind, "Configuration");
+    assert_eq!(Configuration::api_version(&()), "dapr.io/v1alpha1");
+    let v = version_of(&crd);
+    assert_eq!(v["subresources"], json!({"status": {}}));
+    let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(spec["x-kubernetes-preserve-unknown-fields"], true);
+    for section in [
+        "tracing", "metric", "metrics", "logging", "features", "mtls",
+    ] {
+        assert_eq!(
+            spec["properties"][section]["x-kubernetes-preserve-unknown-fields"], true,
+            "{section}"
+        );
+    }
+    let policy = &spec["properties"]["accessControl"]["properties"]["policies"]["items"];
+    assert_eq!(policy["required"], json!(["appId"]));
+    let op = &policy["properties"]["operations"]["items"];
+    assert_eq!(op["required"], json!(["action", "name"]));
+    assert_eq!(op["properties"]["httpVerb"]["items"]["type"], "string");
 }

@@ -116,6 +116,17 @@ async fn invoke(args: InvokeArgs) -> Result<i32, String> {
     for (name, value) in &args.headers {
         req.headers_mut().append(name.clone(), value.clone());
     }
+    // As an SDK does: the sidecar on this machine wants DAPR_API_TOKEN when it was started
+    // with one. It goes only to that loopback port, and the sidecar removes it once checked.
+    if let Some(token) = std::env::var("DAPR_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        && !req.headers().contains_key("dapr-api-token")
+    {
+        let value = HeaderValue::from_str(&token)
+            .map_err(|_| "DAPR_API_TOKEN holds characters a header cannot carry".to_owned())?;
+        req.headers_mut().insert("dapr-api-token", value);
+    }
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let resp = client.request(req).await.map_err(|e| {
         format!("cannot reach the sidecar on port {port}: {e} (is it running? see ferry list)")

@@ -337,7 +337,9 @@ async fn run(args: RunArgs, say: Say) -> i32 {
         Err(e) => {
             say.line(&e.to_string());
             return match e {
-                StartError::Resources(_) | StartError::Config(_) => EX_USAGE,
+                StartError::Resources(_) | StartError::Config(_) | StartError::Configuration(_) => {
+                    EX_USAGE
+                }
                 _ => 1,
             };
         }

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod apps;
 pub mod args;
+pub mod configurations;
 pub mod context;
 pub mod endpoints;
 pub mod injection_warnings;

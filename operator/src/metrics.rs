@@ -26,6 +26,7 @@ pub enum ControllerName {
     SidecarSecrets,
     /// The Events that show the injector's warnings on pods.
     InjectionWarnings,
+    Configuration,
 }
 
 impl EncodeLabelValue for ControllerName {
@@ -43,6 +44,7 @@ impl ControllerName {
             Self::SidecarClusterBinding => "sidecar_cluster_binding",
             Self::SidecarSecrets => "sidecar_secrets",
             Self::InjectionWarnings => "injection_warnings",
+            Self::Configuration => "configuration",
         }
     }
 
@@ -55,6 +57,7 @@ impl ControllerName {
             Self::SidecarClusterBinding => "sidecar ClusterRoleBinding",
             Self::SidecarSecrets => "sidecar Secrets Role",
             Self::InjectionWarnings => "injection-warnings Events",
+            Self::Configuration => "Configuration",
         }
     }
 }

@@ -20,6 +20,7 @@ use tower::Service;
 
 use crate::{
     apphealth::AppHealth,
+    auth,
     body::{self, Body, BoxError},
     config::Settings,
     endpoints::Endpoints,
@@ -63,13 +64,22 @@ pub struct Api<R, C> {
 }
 
 impl<R: Resolve, C: Connect> Api<R, C> {
-    /// Routes one request on the HTTP API port; with `--enable-api-logging`, logs it once its
-    /// response has been sent.
-    pub async fn serve<B>(&self, req: Request<B>) -> Response<Body>
+    /// Routes one request on the HTTP API port, once its API token passes (`DAPR_API_TOKEN`);
+    /// with `--enable-api-logging`, logs it once its response has been sent.
+    pub async fn serve<B>(&self, mut req: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        if !auth::admit(
+            self.settings.api_token.as_ref(),
+            &method,
+            &path,
+            req.headers_mut(),
+        ) {
+            return auth::unauthorized();
+        }
         if !self.settings.api_logging || is_health_check(req.uri().path()) {
             return self.route(req).await;
         }

@@ -8,6 +8,8 @@ use std::{
 
 use clap::{Args, ValueEnum, builder::BoolishValueParser};
 use ferry_api::{AppId, Namespace, TrustDomain, ports};
+
+use crate::auth::{Token, TokenError};
 pub use ferry_api::{AppProtocol, LogLevel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -192,8 +194,9 @@ pub struct SidecarArgs {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub metrics_port: u16,
 
-    /// Dapr Configuration resources by name (or file); not supported yet: accepted, with a
-    /// warning that their settings are not applied.
+    /// The Dapr Configuration to apply (its access control): a YAML file in standalone mode,
+    /// the name of a Configuration in the sidecar's namespace in kubernetes mode. Changes apply
+    /// without a restart.
     #[arg(long, env = "FERRY_CONFIG", value_delimiter = ',')]
     pub config: Vec<String>,
 
@@ -334,8 +337,13 @@ pub struct Settings {
     /// Standalone mode's registry directory.
     pub registry_dir: PathBuf,
     pub kube: KubeSettings,
-    /// Configuration resources named with `--config` (not applied yet).
+    /// The Configuration named with `--config` (a file standalone, a resource name in
+    /// kubernetes mode).
     pub config: Vec<String>,
+    /// `DAPR_API_TOKEN`: what every HTTP API request must carry.
+    pub api_token: Option<Token>,
+    /// `APP_API_TOKEN`: what this sidecar sends its own app, and only it.
+    pub app_token: Option<Token>,
     /// Things to tell the operator once logging is up (deprecated and unsupported flags).
     pub warnings: Vec<String>,
     /// mTLS between sidecars (`None`: plaintext).
@@ -377,6 +385,24 @@ impl AnchorSource {
             Self::File(path) => std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read the trust anchors at {}: {e}", path.display())),
         }
+    }
+}
+
+/// The variable of the token apps send their sidecar (Dapr's).
+pub const API_TOKEN_ENV: &str = "DAPR_API_TOKEN";
+/// The variable of the token the sidecar sends its app (Dapr's).
+pub const APP_TOKEN_ENV: &str = "APP_API_TOKEN";
+
+impl Settings {
+    /// The API tokens, from the values of [`API_TOKEN_ENV`] and [`APP_TOKEN_ENV`].
+    pub fn with_tokens(
+        mut self,
+        api: Option<&str>,
+        app: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        self.api_token = Token::from_env_value(API_TOKEN_ENV, api)?;
+        self.app_token = Token::from_env_value(APP_TOKEN_ENV, app)?;
+        Ok(self)
     }
 }
 
@@ -436,6 +462,8 @@ pub enum ConfigError {
     ProbeTimeoutAboveInterval { timeout_ms: u64, interval_s: u64 },
     #[error("POD_IP {0:?} is not an IP address (set --host-ip or DAPR_HOST_IP instead)")]
     PodIp(String),
+    #[error(transparent)]
+    Token(#[from] TokenError),
 }
 
 /// The default largest request body (Dapr's): 4 MiB.
@@ -468,8 +496,11 @@ impl SidecarArgs {
 
     /// Checks the flags against each other and applies the mode's defaults; reads `POD_IP` in
     /// kubernetes mode.
+    /// Reads the API tokens (`DAPR_API_TOKEN`, `APP_API_TOKEN`) from the environment too.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        self.settings_with(std::env::var("POD_IP").ok())
+        let env = |k| std::env::var(k).ok();
+        self.settings_with(env("POD_IP"))?
+            .with_tokens(env(API_TOKEN_ENV).as_deref(), env(APP_TOKEN_ENV).as_deref())
     }
 
     /// [`Self::settings`] with the value of `POD_IP` given.
@@ -545,12 +576,6 @@ impl SidecarArgs {
         if self.app_ssl {
             warnings.push("--app-ssl is deprecated; use --app-protocol https".to_owned());
         }
-        if !self.config.is_empty() {
-            warnings.push(format!(
-                "Configuration resources are not supported yet: --config {} is accepted, but its access control, tracing and metrics settings are NOT applied",
-                self.config.join(",")
-            ));
-        }
 
         let app_health = if self.enable_app_health_check {
             if self.app_port.is_none() {
@@ -620,6 +645,8 @@ impl SidecarArgs {
             },
             config: self.config.clone(),
             mtls: self.mtls(&mut warnings)?,
+            api_token: None,
+            app_token: None,
             warnings,
         })
     }
@@ -920,17 +947,34 @@ mod tests {
     }
 
     #[test]
-    fn config_is_accepted_with_a_warning() {
-        let a = parse(&["--config", "tracing"]).unwrap();
-        assert_eq!(a.config, vec!["tracing".to_owned()]);
+    fn config_is_taken_as_given() {
+        let a = parse(&["--config", "appconfig"]).unwrap();
+        assert_eq!(a.config, vec!["appconfig".to_owned()]);
         let s = a.settings_with(None).unwrap();
-        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
-        let w = &s.warnings[0];
+        assert_eq!(s.config, ["appconfig"]);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn tokens_come_from_their_variables() {
+        let s = settings(&[]);
+        assert_eq!((&s.api_token, &s.app_token), (&None, &None));
+        let s = s.with_tokens(Some("api"), Some("")).unwrap();
         assert!(
-            w.contains("tracing") && w.contains("NOT applied") && w.contains("access control"),
-            "{w}"
+            s.api_token
+                .as_ref()
+                .unwrap()
+                .matches(Some(&http::HeaderValue::from_static("api")))
         );
-        assert!(settings(&[]).warnings.is_empty());
+        assert_eq!(
+            s.app_token, None,
+            "an empty variable is no token, as in Dapr"
+        );
+        let e = settings(&[])
+            .with_tokens(None, Some("a\u{7}b"))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("APP_API_TOKEN holds"), "{e}");
+        assert!(!format!("{s:?}").contains("\"api\""), "tokens never print");
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //! resolver, the peer connector, the app channel ([`upstream`]). Only [`server`] binds sockets.
 #![forbid(unsafe_code)]
 
+pub mod acl;
 pub mod api;
 pub mod apphealth;
+pub mod auth;
 pub mod body;
 pub mod config;
+pub mod configuration;
 pub mod conn;
 pub mod endpoints;
 pub mod identity;

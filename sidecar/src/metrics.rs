@@ -10,6 +10,18 @@
 //! | `dapr_runtime_service_invocation_req_recv_total` | `app_id`, `src_app_id` (`dapr-caller-app-id`, else `unknown`) | callee |
 //! | `dapr_runtime_service_invocation_res_sent_total` | `app_id`, `dst_app_id` (the caller), `status` | callee |
 //!
+//! Access control, as Dapr records it (callee; only when a policy is in force):
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `dapr_runtime_acl_app_policy_action_allowed_total` | `app_id`, `trust_domain`, `namespace` of the caller (empty without a verified identity) |
+//! | `dapr_runtime_acl_global_policy_action_allowed_total` | the same |
+//! | `dapr_runtime_acl_app_policy_action_blocked_total` | the same |
+//! | `dapr_runtime_acl_global_policy_action_blocked_total` | the same |
+//!
+//! Callers are verified identities (bounded by the mesh's apps); past [`MAX_PEERS`] distinct
+//! ones the rest count under `_other`.
+//!
 //! Self-invocation records none of them (Dapr's `invokeLocal` does not either), and URL calls
 //! are not recorded (Dapr would label them with the URL, which is unbounded). `status` is the
 //! HTTP status, also for errors the callee sidecar makes (Dapr records gRPC code 13 there).
@@ -25,8 +37,9 @@ use std::{
     sync::{Arc, Mutex, OnceLock},
 };
 
+use crate::acl::Scope;
 use arc_swap::ArcSwap;
-use ferry_api::AppId;
+use ferry_api::{AppId, SpiffeId};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
     metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
@@ -70,6 +83,17 @@ struct ResRecvLabels {
     status: u16,
     r#type: &'static str,
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AclLabels {
+    app_id: String,
+    trust_domain: String,
+    namespace: String,
+}
+
+/// The four access-control counters of one caller: allowed by app, allowed by global, blocked
+/// by app, blocked by global.
+type AclCounters = [Counter; 4];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeLabels {
@@ -131,6 +155,10 @@ pub struct Metrics {
     probe_statuses: StatusCounters<PlainCounter>,
     peers: ArcSwap<HashMap<Box<str>, Arc<Peer>>>,
     insert: Mutex<()>,
+    acl: [Family<AclLabels, Counter>; 4],
+    /// By the caller's SPIFFE ID (`""`: none).
+    acl_callers: ArcSwap<HashMap<Box<str>, Arc<AclCounters>>>,
+    acl_insert: Mutex<()>,
     cert_rotated: Counter,
     cert_rotation_failed: Family<FailLabels, Counter>,
     cert_expiry: Gauge,
@@ -250,8 +278,32 @@ impl Metrics {
             cert_rotated.get_or_create(&app).clone(),
             cert_expiry.get_or_create(&app).clone(),
         );
+        let acl: [Family<AclLabels, Counter>; 4] = Default::default();
+        for (family, (name, help)) in acl.iter().zip([
+            (
+                "dapr_runtime_acl_app_policy_action_allowed",
+                "The number of requests allowed by the app specific action specified in the access control policy",
+            ),
+            (
+                "dapr_runtime_acl_global_policy_action_allowed",
+                "The number of requests allowed by the global action specified in the access control policy",
+            ),
+            (
+                "dapr_runtime_acl_app_policy_action_blocked",
+                "The number of requests blocked by the app specific action specified in the access control policy",
+            ),
+            (
+                "dapr_runtime_acl_global_policy_action_blocked",
+                "The number of requests blocked by the global action specified in the access control policy",
+            ),
+        ]) {
+            registry.register(name, help, family.clone());
+        }
         Self {
             app_id: app_id.to_string(),
+            acl,
+            acl_callers: ArcSwap::from_pointee(HashMap::new()),
+            acl_insert: Mutex::new(()),
             registry,
             req_sent,
             req_recv,
@@ -401,6 +453,70 @@ impl Metrics {
             .inc();
     }
 
+    /// Callee: access control decided on a request of `caller` (`None`: no verified identity).
+    pub fn acl(&self, caller: Option<&SpiffeId>, scope: Scope, allowed: bool) {
+        let index = match (allowed, scope) {
+            (true, Scope::App) => 0,
+            (true, Scope::Global) => 1,
+            (false, Scope::App) => 2,
+            (false, Scope::Global) => 3,
+        };
+        self.acl_counters(caller)[index].inc();
+    }
+
+    fn acl_counters(&self, caller: Option<&SpiffeId>) -> Arc<AclCounters> {
+        let key = caller.map(SpiffeId::uri).unwrap_or_default();
+        let snapshot = self.acl_callers.load();
+        if let Some(c) = snapshot.get(key.as_str()).or_else(|| {
+            (snapshot.len() >= MAX_PEERS)
+                .then(|| snapshot.get(OTHER_PEERS))
+                .flatten()
+        }) {
+            return c.clone();
+        }
+        drop(snapshot);
+        let _g = self.acl_insert.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.acl_callers.load_full();
+        if let Some(c) = current.get(key.as_str()) {
+            return c.clone();
+        }
+        let (key, labels) = if current.len() >= MAX_PEERS {
+            if let Some(c) = current.get(OTHER_PEERS) {
+                return c.clone();
+            }
+            let other = OTHER_PEERS.to_owned();
+            (
+                other.clone(),
+                AclLabels {
+                    app_id: other.clone(),
+                    trust_domain: other.clone(),
+                    namespace: other,
+                },
+            )
+        } else {
+            let labels = match caller {
+                Some(id) => AclLabels {
+                    app_id: id.app_id.to_string(),
+                    trust_domain: id.trust_domain.to_string(),
+                    namespace: id.namespace.to_string(),
+                },
+                None => AclLabels {
+                    app_id: String::new(),
+                    trust_domain: String::new(),
+                    namespace: String::new(),
+                },
+            };
+            (key, labels)
+        };
+        let counters: Arc<AclCounters> = Arc::new(std::array::from_fn(|i| {
+            self.acl[i].get_or_create_owned(&labels)
+        }));
+        let mut next = (*current).clone();
+        next.insert(key.into(), counters.clone());
+        self.acl_callers.store(Arc::new(next));
+        counters
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -464,6 +580,30 @@ mod tests {
             "series appear only once used:\n{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn acl_counters_are_daprs() {
+        use ferry_api::{Namespace, TrustDomain};
+        let m = metrics();
+        let id = SpiffeId::new(
+            TrustDomain::new("public").unwrap(),
+            Namespace::new("shop").unwrap(),
+            AppId::new("checkout").unwrap(),
+        );
+        m.acl(Some(&id), Scope::App, true);
+        m.acl(Some(&id), Scope::App, true);
+        m.acl(Some(&id), Scope::Global, false);
+        m.acl(None, Scope::Global, false);
+        let text = m.encode();
+        for want in [
+            r#"dapr_runtime_acl_app_policy_action_allowed_total{app_id="checkout",trust_domain="public",namespace="shop"} 2"#,
+            r#"dapr_runtime_acl_global_policy_action_blocked_total{app_id="checkout",trust_domain="public",namespace="shop"} 1"#,
+            r#"dapr_runtime_acl_global_policy_action_blocked_total{app_id="",trust_domain="",namespace=""} 1"#,
+            r#"dapr_runtime_acl_global_policy_action_allowed_total{app_id="",trust_domain="",namespace=""} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == want), "missing {want}:\n{text}");
+        }
     }
 
     #[test]

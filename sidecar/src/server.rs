@@ -6,6 +6,7 @@ use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -22,7 +23,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tokio_util::either::Either;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tower::Service;
 
 use crate::{
@@ -30,9 +31,11 @@ use crate::{
     apphealth::{self, AppHealth},
     body::Body,
     config::{ConfigError, HttpListen, Mode, Settings, SidecarArgs},
+    configuration::{self, ConfigurationError},
     conn,
     endpoints::{self, Endpoints},
     identity::Identity,
+    inbound::access::Policy,
     kubernetes::{self, KubeResolver, httpendpoints},
     metrics::Metrics,
     outbound::{
@@ -67,6 +70,8 @@ pub enum StartError {
     Resources(#[from] endpoints::LoadError),
     #[error("mTLS (--enable-mtls): {0}")]
     Identity(String),
+    #[error(transparent)]
+    Configuration(#[from] configuration::ConfigurationError),
     #[error(
         "cannot register in {dir} (set FERRY_HOME or --ferry-home to a writable directory): {source}"
     )]
@@ -160,6 +165,20 @@ pub async fn start_with(settings: Settings, info: RunInfo) -> Result<Running, St
                 .set(OutboundCheck(Box::new(move || check.outbound())));
             let background = &mut running.running.background;
             background.spawn(resolver.clone().let_go_idle_forever());
+            match (&api, settings.config.first()) {
+                (Ok(api), Some(name)) => {
+                    background.spawn(configuration::follow_resource(
+                        api.client.clone(),
+                        settings.namespace.clone(),
+                        name.clone(),
+                        running.policy.clone(),
+                    ));
+                }
+                (Err(why), Some(name)) => tracing::warn!(
+                    "cannot watch the Configuration {name} (--config): {why}; no access control applies"
+                ),
+                (_, None) => {}
+            }
             if let (Ok(api), Ok(own)) = (api, resolver.watch(&settings.namespace)) {
                 let endpoints = running.endpoints.clone();
                 let files = (**endpoints.load()).clone();
@@ -186,6 +205,8 @@ struct Launched {
     running: Running,
     health: Arc<Health>,
     endpoints: Arc<ArcSwap<Endpoints>>,
+    /// The access-control policy in force.
+    policy: Policy,
 }
 
 impl Launched {
@@ -219,10 +240,24 @@ async fn launch<R: Resolve>(
         tracing::info!(endpoints = ?endpoints.names(), "loaded HTTPEndpoints");
     }
     let endpoints = Arc::new(ArcSwap::from_pointee(endpoints));
-    let app = settings
-        .app
-        .as_ref()
-        .map(|a| AppChannel::new(settings.app_protocol, &a.address, a.port));
+    let config = match settings.config.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => return Err(ConfigurationError::Several(many.len()).into()),
+    };
+    let policy: Policy = Arc::new(ArcSwapOption::empty());
+    if settings.mode == Mode::Standalone
+        && let Some(file) = &config
+    {
+        // As daprd: standalone reads the --config file, and a bad one refuses the start.
+        let acl = configuration::read_file(Path::new(file))?;
+        tracing::info!(file = %file, access_control = acl.is_some(), "loaded the Configuration");
+        policy.store(acl.map(Arc::new));
+    }
+    let app = settings.app.as_ref().map(|a| {
+        AppChannel::new(settings.app_protocol, &a.address, a.port)
+            .with_token(settings.app_token.clone())
+    });
     let fqdn = settings.fqdn.map(|f| {
         let guard = if f.allow_link_local {
             GuardedResolver::open()
@@ -271,6 +306,7 @@ async fn launch<R: Resolve>(
         hostname: hostname(),
         app_health: app_health.clone(),
         metrics: metrics.clone(),
+        access: policy.clone(),
     });
     let health = Arc::new(Health::default());
     if let Some(i) = &identity {
@@ -404,6 +440,11 @@ async fn launch<R: Resolve>(
     if let (Some(app_health), Some(app)) = (app_health, app) {
         background.spawn(apphealth::probe_forever(app_health, app, metrics));
     }
+    if settings.mode == Mode::Standalone
+        && let Some(file) = config
+    {
+        background.spawn(configuration::follow_file(file.into(), policy.clone()));
+    }
 
     let entry = Entry {
         app_id: settings.app_id.to_string(),
@@ -439,6 +480,7 @@ async fn launch<R: Resolve>(
         },
         health,
         endpoints,
+        policy,
     })
 }
 

@@ -64,6 +64,8 @@ pub struct Parts<R, C> {
     pub hostname: String,
     pub app_health: Option<Arc<AppHealth>>,
     pub metrics: Option<Arc<Metrics>>,
+    /// The access-control policy, swapped whole when the Configuration changes.
+    pub access: inbound::access::Policy,
 }
 
 /// The caller's stack (an app's requests to its sidecar) and the callee's (peers' requests for
@@ -112,7 +114,14 @@ impl<R: Resolve, C: crate::outbound::peers::Connect> Sidecar<R, C> {
         });
         Self {
             outbound: Errors::new(Target::new(target, route)),
-            inbound: inbound::stack(&s.app_id, &s.namespace, s.max_body, p.metrics, app),
+            inbound: inbound::stack(
+                &s.app_id,
+                &s.namespace,
+                s.max_body,
+                p.metrics,
+                p.access,
+                app,
+            ),
         }
     }
 }

@@ -29,6 +29,7 @@ use rustls::{
 use tower_service::Service;
 
 use crate::{
+    auth::Token,
     body::{self, Body, BoxError},
     config::AppProtocol,
 };
@@ -145,6 +146,8 @@ pub struct AppChannel {
     pub client: Arc<dyn Upstream>,
     /// `http://127.0.0.1:5000` (no trailing slash).
     pub base: Arc<str>,
+    /// `APP_API_TOKEN`, set on every request to the app.
+    pub token: Option<Token>,
 }
 
 impl AppChannel {
@@ -152,7 +155,14 @@ impl AppChannel {
         Self {
             client: app_client(protocol),
             base: app_base(protocol, address, port).into(),
+            token: None,
         }
+    }
+
+    /// Sends `token` (`APP_API_TOKEN`) with every request to the app.
+    pub fn with_token(mut self, token: Option<Token>) -> Self {
+        self.token = token;
+        self
     }
 
     /// An app that lives in this process (tests).
@@ -160,10 +170,18 @@ impl AppChannel {
         Self {
             client,
             base: "http://app".into(),
+            token: None,
         }
     }
 
-    pub fn send(&self, req: Request<Body>) -> BoxFuture<Result<Response<Body>, BoxError>> {
+    /// Sends a request to the app: the only place a `dapr-api-token` is set on a request,
+    /// the app's own token or none (whatever came with the request is dropped first).
+    pub fn send(&self, mut req: Request<Body>) -> BoxFuture<Result<Response<Body>, BoxError>> {
+        let h = req.headers_mut();
+        h.remove(ferry_api::headers::DAPR_API_TOKEN);
+        if let Some(t) = &self.token {
+            t.set_on(h);
+        }
         self.client.send(req)
     }
 }

@@ -17,14 +17,14 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
-use ferry_api::{AppId, Namespace};
+use ferry_api::{AppId, Namespace, SpiffeId};
 use ferry_sidecar::{
     SidecarArgs,
     body::{self, Body, BoxError},
     endpoints::{Endpoint, Endpoints},
-    inbound::Inbound,
+    inbound::{Inbound, access::Policy},
     invoke::ResolveError,
     outbound::{
         Outbound,
@@ -109,6 +109,9 @@ impl Resolve for Names {
 struct Pipes {
     callees: Arc<Mutex<HashMap<SocketAddr, Inbound>>>,
     attempts: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    /// The identity each new connection's peer has, as server.rs hands a verified mTLS
+    /// identity to the callee's stack (`None`: plaintext, no identity).
+    peer_id: Arc<Mutex<Option<SpiffeId>>>,
 }
 
 impl Pipes {
@@ -139,8 +142,14 @@ impl Connect for Pipes {
             ));
         };
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let peer_id = self.peer_id.lock().unwrap().clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| inbound.clone().call(req));
+            let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                if let Some(id) = &peer_id {
+                    req.extensions_mut().insert(id.clone());
+                }
+                inbound.clone().call(req)
+            });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
                 .http2()
@@ -239,6 +248,16 @@ impl Mesh {
         app: Option<AppChannel>,
         endpoints: Endpoints,
     ) -> Sidecar<Names, Pipes> {
+        self.sidecar_full(args, app, endpoints, Arc::new(ArcSwapOption::empty()))
+    }
+
+    fn sidecar_full(
+        &self,
+        args: &[&str],
+        app: Option<AppChannel>,
+        endpoints: Endpoints,
+        access: Policy,
+    ) -> Sidecar<Names, Pipes> {
         Sidecar::new(Parts {
             settings: settings(args),
             resolver: self.names.clone(),
@@ -249,14 +268,26 @@ impl Mesh {
             hostname: "caller-pod".into(),
             app_health: None,
             metrics: None,
+            access,
         })
     }
 
     /// A callee sidecar serving `app` at `addr`, registered under its app ID and namespace.
     fn callee(&self, addr: &str, args: &[&str], app: Option<AppChannel>) -> SocketAddr {
+        self.callee_with(addr, args, app, Arc::new(ArcSwapOption::empty()))
+    }
+
+    /// [`Mesh::callee`] under an access-control policy.
+    fn callee_with(
+        &self,
+        addr: &str,
+        args: &[&str],
+        app: Option<AppChannel>,
+        policy: Policy,
+    ) -> SocketAddr {
         let addr: SocketAddr = addr.parse().unwrap();
         let s = settings(args);
-        let sidecar = self.sidecar(args, app);
+        let sidecar = self.sidecar_full(args, app, Endpoints::default(), policy);
         self.pipes.serve(addr, sidecar.inbound);
         self.names
             .set(s.app_id.as_str(), s.namespace.as_str(), &[addr]);
@@ -943,4 +974,192 @@ async fn a_response_body_streams_at_the_callers_pace() {
 fn base64_of(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+// === access control ===
+
+fn spiffe(s: &str) -> SpiffeId {
+    s.parse().unwrap()
+}
+
+fn policy(yaml: &str) -> Policy {
+    let spec: ferry_api::configuration::AccessControlSpec = serde_saphyr::from_str(yaml).unwrap();
+    let acl = ferry_sidecar::acl::Acl::compile(&spec, true)
+        .unwrap()
+        .unwrap();
+    Arc::new(ArcSwapOption::from_pointee(acl))
+}
+
+const CART_POLICY: &str = r#"
+defaultAction: deny
+trustDomain: public
+policies:
+- appId: checkout
+  defaultAction: deny
+  trustDomain: public
+  namespace: shop
+  operations:
+  - name: /orders/*
+    httpVerb: ['GET']
+    action: allow
+"#;
+
+#[tokio::test]
+async fn access_control_judges_the_verified_caller_and_its_403_crosses_as_daprs() {
+    let mesh = Mesh::new();
+    let (seen, mut saw) = mpsc::unbounded_channel();
+    let rules = policy(CART_POLICY);
+    mesh.callee_with(
+        "10.0.0.2:50002",
+        CART,
+        Some(echo_app("cart", Some(seen))),
+        rules.clone(),
+    );
+    *mesh.pipes.peer_id.lock().unwrap() = Some(spiffe("spiffe://public/ns/shop/checkout"));
+    let caller = mesh.sidecar(CHECKOUT, None);
+
+    let a = call(
+        &caller.outbound,
+        req(
+            "GET",
+            "/v1.0/invoke/cart/method/Orders/7",
+            &[],
+            body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 201, "the echo app answers: {:?}", a.body);
+    assert_eq!(saw.recv().await.unwrap()["path"], "/Orders/7");
+
+    let denied = call(
+        &caller.outbound,
+        req(
+            "POST",
+            "/v1.0/invoke/cart/method/orders/7",
+            &[],
+            body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.headers["content-type"], "application/json");
+    assert!(
+        !denied.headers.contains_key("ferry-error"),
+        "the mark stays between sidecars"
+    );
+    assert_eq!(
+        denied.json(),
+        json!({
+            "errorCode": "ERR_DIRECT_INVOKE",
+            "message": "failed to invoke, id: cart, err: rpc error: code = PermissionDenied desc = access control policy has denied access to id: spiffe://public/ns/shop/checkout operation: orders/7 verb: POST",
+        })
+    );
+    // `..` cannot walk from an allowed route onto a denied one: the path judged is the path
+    // delivered (`orders/../admin` is `admin`).
+    let dots = call(
+        &caller.outbound,
+        req(
+            "GET",
+            "/v1.0/invoke/cart/method/orders/%2e%2e/admin",
+            &[],
+            body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(dots.status, 403, "{:?}", dots.body);
+    assert!(
+        dots.message().ends_with("operation: admin verb: GET"),
+        "{}",
+        dots.message()
+    );
+    assert!(
+        saw.try_recv().is_err(),
+        "denied requests never reach the app"
+    );
+
+    // Another caller identity: no policy of its own, so the global default (deny).
+    *mesh.pipes.peer_id.lock().unwrap() = Some(spiffe("spiffe://public/ns/shop/mallory"));
+    let other = mesh.sidecar(&["--app-id", "mallory", "--namespace", "shop"], None);
+    let a = call(
+        &other.outbound,
+        req(
+            "GET",
+            "/v1.0/invoke/cart/method/orders/7",
+            &[],
+            body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    // The same app ID from another trust domain does not get checkout's policy.
+    *mesh.pipes.peer_id.lock().unwrap() = Some(spiffe("spiffe://other/ns/shop/checkout"));
+    let foreign = mesh.sidecar(CHECKOUT, None);
+    let a = call(
+        &foreign.outbound,
+        req(
+            "GET",
+            "/v1.0/invoke/cart/method/orders/7",
+            &[],
+            body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert!(saw.try_recv().is_err());
+
+    // The policy is swapped at runtime: the next request is judged by the new one.
+    rules.store(None);
+    let a = call(
+        &foreign.outbound,
+        req(
+            "POST",
+            "/v1.0/invoke/cart/method/orders/7",
+            &[],
+            body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 201, "the echo app answers: {:?}", a.body);
+}
+
+#[tokio::test]
+async fn without_an_identity_only_the_global_default_applies() {
+    let mesh = Mesh::new();
+    let (seen, mut saw) = mpsc::unbounded_channel();
+    mesh.callee_with(
+        "10.0.0.2:50002",
+        CART,
+        Some(echo_app("cart", Some(seen))),
+        policy(CART_POLICY),
+    );
+    let caller = mesh.sidecar(CHECKOUT, None);
+    let a = call(
+        &caller.outbound,
+        req(
+            "GET",
+            "/v1.0/invoke/cart/method/orders/7",
+            &[],
+            body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.message(),
+        "failed to invoke, id: cart, err: rpc error: code = PermissionDenied desc = access control policy has denied access to id:  operation: orders/7 verb: GET"
+    );
+    assert!(saw.try_recv().is_err());
+    // Self-invocation is never judged (as in Dapr): the app's own calls reach it.
+    let own = mesh.sidecar_full(
+        CART,
+        Some(echo_app("cart", None)),
+        Endpoints::default(),
+        policy(CART_POLICY),
+    );
+    let a = call(
+        &own.outbound,
+        req("POST", "/v1.0/invoke/cart/method/admin", &[], body::empty()),
+    )
+    .await;
+    assert_eq!(a.status, 201, "the echo app answers: {:?}", a.body);
 }

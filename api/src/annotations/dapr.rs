@@ -272,11 +272,11 @@ fn supported(
             key,
             instead: "dapr.io/read-buffer-size, such as 16Ki",
         }),
-        // The sidecar accepts the flag but applies none of the Configuration: its access
-        // control above all is not enforced, which the author must hear about here.
+        // The sidecar applies the Configuration's access control only, and without verified
+        // identities only its defaultAction: the author must hear what is not applied.
         keys::CONFIG => Some(NotApplied {
             key,
-            what: "Ferry does not apply Configuration resources yet: no access control, tracing or metrics from them",
+            what: "Ferry applies only the Configuration's access control (only its defaultAction until mTLS between sidecars lands), not its tracing, metrics or logging",
         }),
         _ => None,
     }
@@ -613,8 +613,9 @@ mod tests {
             ])
         );
         assert!(
-            messages(&[(keys::CONFIG, "appconfig")]).unwrap()[0]
-                .contains("no access control, tracing or metrics")
+            messages(&[(keys::CONFIG, "appconfig")]).unwrap()[0].contains(
+                "only its defaultAction until mTLS between sidecars lands), not its tracing"
+            )
         );
         assert_eq!(
             messages(&[(keys::ENABLED, "true"), (keys::APP_ID, "cart")]),

@@ -18,7 +18,7 @@ mod triggers;
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
-use ferry_api::http_endpoint::HttpEndpoint;
+use ferry_api::{Configuration, http_endpoint::HttpEndpoint};
 use futures_util::{StreamExt, future};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::{
     REPORTER,
     admin::Health,
+    configurations,
     context::{Context, Stores, error_policy},
     endpoints, injection_warnings,
     metrics::{ControllerName, Metrics},
@@ -77,6 +78,7 @@ struct Contexts {
     routing: Arc<Context>,
     sidecar_rbac: Arc<Context<sidecar_rbac::State>>,
     endpoints: Arc<Context<endpoints::State>>,
+    configurations: Arc<Context<configurations::State>>,
     injection_warnings: Arc<Context<injection_warnings::State>>,
 }
 
@@ -113,6 +115,14 @@ impl Contexts {
                     reporter: recorder(ControllerName::HttpEndpoint),
                 },
             ),
+            configurations: context(
+                client,
+                stores,
+                metrics,
+                configurations::State {
+                    reporter: recorder(ControllerName::Configuration),
+                },
+            ),
             injection_warnings: context(
                 client,
                 stores,
@@ -144,6 +154,7 @@ struct Controllers {
     routing: Controller<Namespace>,
     sidecar_rbac: Controller<Namespace>,
     endpoints: Controller<HttpEndpoint>,
+    configurations: Controller<Configuration>,
     injection_warnings: Controller<Namespace>,
     cluster_binding: Arc<Notify>,
 }
@@ -168,6 +179,11 @@ impl Controllers {
                 watcher::Config::default(),
             )
             .with_config(controller::Config::default().concurrency(8)),
+            configurations: Controller::new(
+                Api::<Configuration>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .with_config(controller::Config::default().concurrency(4)),
             injection_warnings: by_namespace(inputs.injection_warnings),
             cluster_binding: inputs.cluster_binding,
         }
@@ -229,6 +245,14 @@ impl Controllers {
                 contexts.endpoints,
             )
             .for_each(log_result);
+        let configurations = self
+            .configurations
+            .run(
+                configurations::reconcile,
+                error_policy(configurations::CONTROLLER),
+                contexts.configurations,
+            )
+            .for_each(log_result);
         let injection_warnings = self
             .injection_warnings
             .run(
@@ -237,10 +261,11 @@ impl Controllers {
                 contexts.injection_warnings,
             )
             .for_each(log_result);
-        future::join3(
+        future::join4(
             synced,
             future::join3(services, routing, sidecar_rbac),
             future::join3(cluster_binding, endpoints, injection_warnings),
+            configurations,
         )
         .await;
     }

@@ -57,11 +57,11 @@ impl Service<Delivery> for Channel {
 
     fn call(&mut self, d: Delivery) -> Answer {
         let url = d.url(&self.app.base);
-        let client = self.app.client.clone();
+        let app = self.app.clone();
         Box::pin(async move {
             let head = d.is_head();
             let verb = d.verb.clone();
-            match client.send(d.into_request(&url)?).await {
+            match app.send(d.into_request(&url)?).await {
                 Ok(resp) => {
                     let mut resp = body::frame_upstream(resp, head).await;
                     headers::from_app(resp.headers_mut());
@@ -270,6 +270,7 @@ mod tests {
                 query: None,
                 headers: HeaderMap::new(),
                 body: body::empty(),
+                caller: None,
             })
             .await
     }

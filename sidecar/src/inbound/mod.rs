@@ -1,7 +1,7 @@
 //! The callee's stack: a peer sidecar's request for this sidecar's app, on the internal port.
 //!
 //! ```text
-//! errors → callee → metrics → normalize → app: health gate → concurrency limit → app channel
+//! errors → callee → metrics → normalize → access → app: health gate → concurrency limit → app channel
 //! ```
 //!
 //! - [`Errors`](crate::respond::Errors) turns this sidecar's failures into responses for the calling sidecar, marked
@@ -9,15 +9,17 @@
 //! - [`callee::CheckCallee`]: the request is meant for this app.
 //! - [`metrics::Record`]: requests received, responses sent.
 //! - [`normalize::Normalize`]: canonical method, body limit, header rules, trace.
+//! - [`access::Access`]: access control (`spec.accessControl`) on the normalized method, with
+//!   the verified caller from the request's extensions.
 //! - [`app`]: the health gate, the concurrency limit and the app channel, shared with the
 //!   caller's stack (self-invocation).
 //!
 //! Where the coming features go: mTLS terminates in `server.rs`'s accept loop and hands the
-//! verified peer identity to this stack in the request's extensions; access control is a layer
-//! between `normalize` and `app` (it needs the verified caller and the normalized method);
-//! `APP_API_TOKEN` is set by the app channel; spans open in a layer next to `metrics`; a gRPC
+//! verified peer identity (`ferry_api::SpiffeId`) to this stack in the request's extensions,
+//! where `normalize` takes it for `access`; `APP_API_TOKEN` is set by the app channel; spans open in a layer next to `metrics`; a gRPC
 //! app is another kind of app channel.
 
+pub mod access;
 pub mod app;
 pub mod callee;
 pub mod metrics;
@@ -31,7 +33,9 @@ use http::HeaderValue;
 use crate::{metrics::Metrics, respond::Errors};
 
 /// The callee's stack, assembled.
-pub type Inbound = Errors<callee::CheckCallee<metrics::Record<normalize::Normalize<app::Deliver>>>>;
+pub type Inbound = Errors<
+    callee::CheckCallee<metrics::Record<normalize::Normalize<access::Access<app::Deliver>>>>,
+>;
 
 /// Builds the callee's stack of `app_id` in `namespace` over its app (`None`: no app port).
 pub fn stack(
@@ -39,6 +43,7 @@ pub fn stack(
     namespace: &Namespace,
     max_body: u64,
     metrics: Option<Arc<Metrics>>,
+    policy: access::Policy,
     app: Option<app::App>,
 ) -> Inbound {
     let own = HeaderValue::from_str(&format!("{app_id}.{namespace}"))
@@ -46,8 +51,11 @@ pub fn stack(
     Errors::new(callee::CheckCallee::new(
         own,
         metrics::Record::new(
-            metrics,
-            normalize::Normalize::new(max_body, app::Deliver::new(app)),
+            metrics.clone(),
+            normalize::Normalize::new(
+                max_body,
+                access::Access::new(policy, metrics, app::Deliver::new(app)),
+            ),
         ),
     ))
 }

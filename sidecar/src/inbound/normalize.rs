@@ -6,6 +6,7 @@
 use std::task::Poll;
 
 use bytes::Bytes;
+use ferry_api::SpiffeId;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use tower::Service;
@@ -76,6 +77,7 @@ where
                     query,
                     headers: parts.headers,
                     body: body.body,
+                    caller: parts.extensions.remove::<SpiffeId>(),
                 })
                 .await
         })

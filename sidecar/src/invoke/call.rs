@@ -1,6 +1,7 @@
 //! What one invocation asks for once its target is known: the same for the caller's stack, the
 //! callee's and (later) the gRPC API, whatever the request came in as.
 
+use ferry_api::SpiffeId;
 use http::{HeaderMap, Request, Uri};
 
 use super::{Cause, Method};
@@ -16,6 +17,9 @@ pub struct Invocation<B = Outgoing> {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: B,
+    /// The caller's verified identity: set on the callee's side from the mTLS peer
+    /// certificate (server.rs puts it in the request's extensions); `None` without one.
+    pub caller: Option<SpiffeId>,
 }
 
 impl Invocation {
@@ -27,6 +31,7 @@ impl Invocation {
             query: self.query,
             headers: self.headers,
             body: self.body.body,
+            caller: self.caller,
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The body is Dapr's: `{"errorCode":"ERR_DIRECT_INVOKE","message":"failed to invoke, id:
 //! <target>, err: <cause>"}`. 404 when the request names no target; 500 for everything else
-//! the sidecar itself fails at (the callee's access-control denial will be 403).
+//! the sidecar itself fails at; 403 when the callee's access control denies.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -72,6 +72,9 @@ pub enum Cause {
     External { url: String, reason: String },
     #[error("request was meant for app {wanted:?}, but this sidecar serves {own:?}")]
     WrongCallee { wanted: String, own: String },
+    /// The callee's access control refused the request (Dapr's text, see `acl::denial`).
+    #[error("{0}")]
+    AccessDenied(String),
     /// An error the callee's sidecar made (its answer carried `ferry-error`).
     #[error("{message}")]
     Callee {
@@ -216,11 +219,12 @@ pub enum ErrorKind {
     Remote,
     External,
     WrongCallee,
+    AccessDenied,
     Callee,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::NoTarget,
         ErrorKind::InvalidBaggage,
         ErrorKind::InvalidAppId,
@@ -239,6 +243,7 @@ impl ErrorKind {
         ErrorKind::Remote,
         ErrorKind::External,
         ErrorKind::WrongCallee,
+        ErrorKind::AccessDenied,
         ErrorKind::Callee,
     ];
 
@@ -263,6 +268,7 @@ impl ErrorKind {
             ErrorKind::Remote => "remote",
             ErrorKind::External => "external",
             ErrorKind::WrongCallee => "wrong-callee",
+            ErrorKind::AccessDenied => "access-denied",
             ErrorKind::Callee => "callee",
         }
     }
@@ -292,6 +298,7 @@ impl Cause {
             Cause::NoTarget { .. } => StatusCode::NOT_FOUND,
             Cause::InvalidBaggage(_) | Cause::RequestBody(_) => StatusCode::BAD_REQUEST,
             Cause::Callee { status, .. } => *status,
+            Cause::AccessDenied(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -317,6 +324,7 @@ impl Cause {
             Cause::Remote(_) => ErrorKind::Remote,
             Cause::External { .. } => ErrorKind::External,
             Cause::WrongCallee { .. } => ErrorKind::WrongCallee,
+            Cause::AccessDenied(_) => ErrorKind::AccessDenied,
             Cause::Callee { .. } => ErrorKind::Callee,
         }
     }
@@ -329,6 +337,7 @@ impl Cause {
         match self {
             Cause::InvalidMethod(_) => "rpc error: code = InvalidArgument desc = ",
             Cause::AppUnhealthy => "rpc error: code = Internal desc = ",
+            Cause::AccessDenied(_) => "rpc error: code = PermissionDenied desc = ",
             Cause::Callee { status, .. } if *status == StatusCode::FORBIDDEN => {
                 "rpc error: code = PermissionDenied desc = "
             }

@@ -147,10 +147,12 @@ pub fn sanitize_response(h: &mut HeaderMap) {
     strip_hop_by_hop(h);
 }
 
-/// A peer sidecar's request on its way to the app: hop-by-hop headers go, and the framing the
-/// app channel recomputes (`Host`, `Content-Length`).
+/// A peer sidecar's request on its way to the app: hop-by-hop headers go, the framing the
+/// app channel recomputes (`Host`, `Content-Length`), and any `dapr-api-token` from the network
+/// (only the app channel sets one: the app's own `APP_API_TOKEN`).
 pub fn for_app(h: &mut HeaderMap) {
     strip_hop_by_hop(h);
+    h.remove(names::DAPR_API_TOKEN);
     h.remove(HOST);
     h.remove(CONTENT_LENGTH);
 }
@@ -302,6 +304,7 @@ mod tests {
         let mut h = map(&[
             ("host", "10.0.0.1:50002"),
             ("content-length", "12"),
+            ("dapr-api-token", "the-callers"),
             ("connection", "x-hop"),
             ("x-hop", "1"),
             ("x-kept", "1"),

@@ -174,6 +174,9 @@ where
                     query,
                     headers: parts.headers,
                     body,
+                    // The app's own requests: access control is the callee's, never applied
+                    // to self-invocation (as in Dapr).
+                    caller: None,
                 },
             };
             let mut inner = this.inner;
