@@ -226,7 +226,11 @@ pub fn main(mut args: RunArgs, m: &ArgMatches) -> i32 {
             .filter(|a| MESH_WIDE.contains(&a.get_id().as_str()))
             .filter_map(|a| {
                 let long = a.get_long()?;
-                let value = m.get_raw(a.get_id().as_str())?.next()?.to_string_lossy().into_owned();
+                let value = m
+                    .get_raw(a.get_id().as_str())?
+                    .next()?
+                    .to_string_lossy()
+                    .into_owned();
                 Some(format!("--{long}={value}"))
             })
             .collect();

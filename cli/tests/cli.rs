@@ -660,7 +660,10 @@ fn a_run_file_with_enable_mtls_gives_every_sidecar_a_certificate() {
             "{meta}"
         );
     }
-    assert!(home.0.join("ca/ca.crt").exists(), "one local CA for the run");
+    assert!(
+        home.0.join("ca/ca.crt").exists(),
+        "one local CA for the run"
+    );
     signal(sup.id(), nix::sys::signal::Signal::SIGINT);
     assert_eq!(sup.wait().unwrap().code(), Some(0));
 }
