@@ -559,7 +559,7 @@ fn method(o: &mut String, meta: &Meta) {
   section, below; a run of `make bench` without it keeps the section of the last one.
 - **Comparing with published figures:** Dapr (v1.17: p50 +1.06 ms, p90 +1.48 ms, p99 +2.90 ms at
   1000 rps, 16 connections, 1 KiB) and Istio (p90 +0.23 ms, p99 +0.30 ms) were measured across
-  nodes on Kubernetes with mTLS; these figures are loopback on one machine without TLS, so compare
+  nodes on Kubernetes with mTLS; these figures are loopback on one machine (mTLS only on the ferryd mTLS pair), so compare
   them with the nginx pair of the same run, not in absolute terms.
 ",
         lg = meta.loadgen_cpu,
