@@ -273,12 +273,13 @@ fn run(a: RunArgs) -> Result<(), Error> {
     fs::create_dir_all(&dir).map_err(Error::io("create bench/results/last"))?;
     let dir = fs::canonicalize(&dir).map_err(Error::io("resolve bench/results/last"))?;
 
+    let paths = Path::ALL.len() as f64;
     let estimate: f64 = cells
         .iter()
-        .map(|c| (rounds as f64) * 4.0 * (c.secs + 0.9) + 4.0 * (warmup_secs + 0.4))
+        .map(|c| paths * (rounds as f64) * (c.secs + 0.9) + paths * (warmup_secs + 0.4))
         .sum();
     eprintln!(
-        "ferry-bench: {} cells × 4 paths × {rounds} rounds, about {:.0} min (results in {}, logs in {})",
+        "ferry-bench: {} cells × {paths} paths × {rounds} rounds, about {:.0} min (results in {}, logs in {})",
         cells.len(),
         (estimate / 60.0).ceil(),
         out.display(),

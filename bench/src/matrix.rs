@@ -18,18 +18,27 @@ pub enum Path {
     SelfInvoke,
     /// load generator → ferryd → ferryd → app (the Dapr-equivalent path)
     Remote,
+    /// load generator → ferryd → (mTLS) → ferryd → app: the same pair with `--enable-mtls`
+    RemoteMtls,
     /// load generator → nginx → nginx → app (keep-alive upstreams): the reference pair
     Nginx,
 }
 
 impl Path {
-    pub const ALL: [Path; 4] = [Path::Direct, Path::SelfInvoke, Path::Remote, Path::Nginx];
+    pub const ALL: [Path; 5] = [
+        Path::Direct,
+        Path::SelfInvoke,
+        Path::Remote,
+        Path::RemoteMtls,
+        Path::Nginx,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Path::Direct => "direct",
             Path::SelfInvoke => "ferryd self",
             Path::Remote => "ferryd pair",
+            Path::RemoteMtls => "ferryd mTLS pair",
             Path::Nginx => "nginx pair",
         }
     }
@@ -39,6 +48,7 @@ impl Path {
             Path::Direct => "load → app",
             Path::SelfInvoke => "load → ferryd → app",
             Path::Remote => "load → ferryd → ferryd → app",
+            Path::RemoteMtls => "load → ferryd → mTLS → ferryd → app",
             Path::Nginx => "load → nginx → nginx → app",
         }
     }
@@ -49,6 +59,7 @@ impl Path {
             Path::Direct => &[],
             Path::SelfInvoke => &[Role::FerrydSelf],
             Path::Remote => &[Role::FerrydCaller, Role::FerrydCallee],
+            Path::RemoteMtls => &[Role::FerrydMtlsCaller, Role::FerrydMtlsCallee],
             Path::Nginx => &[Role::NginxFront, Role::NginxBack],
         }
     }
@@ -71,6 +82,10 @@ pub enum Role {
     FerrydCaller,
     /// ferryd in front of the app, called by the caller
     FerrydCallee,
+    /// the caller with `--enable-mtls`
+    FerrydMtlsCaller,
+    /// the callee with `--enable-mtls`
+    FerrydMtlsCallee,
     /// nginx the load generator talks to
     NginxFront,
     /// nginx in front of the app
@@ -78,11 +93,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 8] = [
         Role::App,
         Role::FerrydSelf,
         Role::FerrydCaller,
         Role::FerrydCallee,
+        Role::FerrydMtlsCaller,
+        Role::FerrydMtlsCallee,
         Role::NginxFront,
         Role::NginxBack,
     ];
@@ -93,6 +110,8 @@ impl Role {
             Role::FerrydSelf => "ferryd (self)",
             Role::FerrydCaller => "ferryd caller",
             Role::FerrydCallee => "ferryd callee",
+            Role::FerrydMtlsCaller => "ferryd mTLS caller",
+            Role::FerrydMtlsCallee => "ferryd mTLS callee",
             Role::NginxFront => "nginx front",
             Role::NginxBack => "nginx back",
         }
@@ -101,7 +120,11 @@ impl Role {
     pub fn is_ferryd(self) -> bool {
         matches!(
             self,
-            Role::FerrydSelf | Role::FerrydCaller | Role::FerrydCallee
+            Role::FerrydSelf
+                | Role::FerrydCaller
+                | Role::FerrydCallee
+                | Role::FerrydMtlsCaller
+                | Role::FerrydMtlsCallee
         )
     }
 }

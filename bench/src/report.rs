@@ -183,6 +183,170 @@ fn resources_table(out: &mut String, headline: Option<&[PathSummary]>, mem: &Mem
     }
 }
 
+fn ratio(a: f64, b: f64) -> String {
+    if b.abs() < 1e-12 {
+        "–".into()
+    } else {
+        format!("{:.2}×", a / b)
+    }
+}
+
+/// The plaintext pair and the mTLS pair of one cell.
+fn pairs(sums: &[PathSummary]) -> Option<(&PathSummary, &PathSummary)> {
+    Some((find(sums, Path::Remote)?, find(sums, Path::RemoteMtls)?))
+}
+
+/// "What mTLS costs a call": the plaintext pair against the mTLS pair of the same run, on warm
+/// (pooled) connections.
+fn mtls_section(o: &mut String, cells: &[CellResult], mem: &Memory) {
+    let headline = cells.iter().find(|c| c.cell.name == HEADLINE);
+    let pair = pairs;
+    let Some((plain, mtls)) = headline.and_then(|h| pair(&h.summaries)) else {
+        return;
+    };
+    let title = headline.map(|h| h.cell.title()).unwrap_or_default();
+    writeln!(
+        o,
+        "## What mTLS costs a call (issue 14): {title}
+"
+    )
+    .unwrap();
+    o.push_str(
+        "The plaintext ferryd pair (`bench-caller` → `bench-callee`) against the same pair started          with `--enable-mtls` (`bench-mtls-caller` → `bench-mtls-callee`, certificates from the          standalone local CA under the shared `FERRY_HOME`), measured in the same cells and rounds          as the other paths. Connections are warm: every cell starts with a warm-up of every path,          and a path idle for more than 30 s is warmed again before it is measured, so the pooled          peer connections (and their TLS sessions) exist before a measured run starts. The TLS          nginx reference pair (`proxy_ssl`) belongs to issue 19 and is not in this run.\n\n",
+    );
+    o.push_str(
+        "| pair | added p50 | added p99 | vCPU per 1000 rps, caller | vCPU per 1000 rps, callee | RSS idle, caller / callee | RSS under the headline load, caller / callee |\n\
+         |---|--:|--:|--:|--:|--:|--:|\n",
+    );
+    let rss = |map: &std::collections::BTreeMap<Role, u64>, a: Role, b: Role| {
+        format!(
+            "{} / {}",
+            opt(map.get(&a).copied(), mib),
+            opt(map.get(&b).copied(), mib)
+        )
+    };
+    let row = |o: &mut String, s: &PathSummary, caller: Role, callee: Role| {
+        writeln!(
+            o,
+            "| {} ({}) | {} | {} | {} | {} | {} | {} |",
+            s.path.label(),
+            s.path.chain(),
+            opt(s.added_at(0), added),
+            opt(s.added_at(2), added),
+            opt(s.cpu_per_krps.get(&caller), |v| format!("{v:.3}")),
+            opt(s.cpu_per_krps.get(&callee), |v| format!("{v:.3}")),
+            rss(&mem.idle, caller, callee),
+            rss(&mem.headline_load, caller, callee),
+        )
+        .unwrap();
+    };
+    row(o, plain, Role::FerrydCaller, Role::FerrydCallee);
+    row(o, mtls, Role::FerrydMtlsCaller, Role::FerrydMtlsCallee);
+    let cpu = |s: &PathSummary, r: Role| s.cpu_per_krps.get(&r).copied();
+    let diff = |a: Option<f64>, b: Option<f64>, f: &dyn Fn(f64, f64) -> String| {
+        a.zip(b).map_or_else(|| "–".into(), |(a, b)| f(a, b))
+    };
+    let lat_diff = |i: usize| diff(mtls.added_at(i), plain.added_at(i), &|a, b| added(a - b));
+    let cpu_diff = |m: Role, p: Role| {
+        diff(cpu(mtls, m), cpu(plain, p), &|a, b| {
+            format!("{:+.3}", a - b)
+        })
+    };
+    let rss_diff = |map: &std::collections::BTreeMap<Role, u64>| {
+        let d = |m: Role, p: Role| {
+            diff(
+                map.get(&m).map(|&k| k as f64),
+                map.get(&p).map(|&k| k as f64),
+                &|a, b| format!("{:+.1} MiB", (a - b) / 1024.0),
+            )
+        };
+        format!(
+            "{} / {}",
+            d(Role::FerrydMtlsCaller, Role::FerrydCaller),
+            d(Role::FerrydMtlsCallee, Role::FerrydCallee)
+        )
+    };
+    writeln!(
+        o,
+        "| mTLS − plaintext | {} | {} | {} | {} | {} | {} |",
+        lat_diff(0),
+        lat_diff(2),
+        cpu_diff(Role::FerrydMtlsCaller, Role::FerrydCaller),
+        cpu_diff(Role::FerrydMtlsCallee, Role::FerrydCallee),
+        rss_diff(&mem.idle),
+        rss_diff(&mem.headline_load),
+    )
+    .unwrap();
+    let lat_ratio = |i: usize| diff(mtls.added_at(i), plain.added_at(i), &ratio);
+    let cpu_ratio = |m: Role, p: Role| diff(cpu(mtls, m), cpu(plain, p), &ratio);
+    writeln!(
+        o,
+        "| mTLS ÷ plaintext | {} | {} | {} | {} | | |\n",
+        lat_ratio(0),
+        lat_ratio(2),
+        cpu_ratio(Role::FerrydMtlsCaller, Role::FerrydCaller),
+        cpu_ratio(Role::FerrydMtlsCallee, Role::FerrydCallee),
+    )
+    .unwrap();
+
+    o.push_str("Per call, on warm connections:\n\n");
+    if let Some(over) = mtls.over_plain {
+        for (i, name) in [(0, "p50"), (2, "p99")] {
+            writeln!(
+                o,
+                "- latency at {name}: {} <sub>({}…{})</sub>, the median over {} rounds of (mTLS pair − plaintext pair of the same round)",
+                added(over[i].median),
+                added(over[i].min),
+                added(over[i].max),
+                over[i].n
+            )
+            .unwrap();
+        }
+    } else {
+        o.push_str("- latency: no round in which both pairs' runs were kept\n");
+    }
+    let per_call = |m: Role, p: Role| {
+        diff(cpu(mtls, m), cpu(plain, p), &|a, b| {
+            // vCPU per 1000 rps = CPU-ms per call.
+            format!(
+                "{:+.0} µs ({:.0} → {:.0} µs)",
+                (a - b) * 1000.0,
+                b * 1000.0,
+                a * 1000.0
+            )
+        })
+    };
+    writeln!(
+        o,
+        "- CPU time per call: caller sidecar {}, callee sidecar {}",
+        per_call(Role::FerrydMtlsCaller, Role::FerrydCaller),
+        per_call(Role::FerrydMtlsCallee, Role::FerrydCallee)
+    )
+    .unwrap();
+    let max: Vec<String> = cells
+        .iter()
+        .filter(|c| c.cell.load == Load::Max)
+        .filter_map(|c| {
+            let (p, m) = pair(&c.summaries)?;
+            let (p, m) = (p.rps?.median, m.rps?.median);
+            Some(format!(
+                "{} connections: {p:.0} rps plaintext, {m:.0} rps mTLS ({})",
+                c.cell.conns,
+                ratio(m, p)
+            ))
+        })
+        .collect();
+    if !max.is_empty() {
+        writeln!(
+            o,
+            "- maximum throughput (wrk, closed loop): {}",
+            max.join("; ")
+        )
+        .unwrap();
+    }
+    o.push('\n');
+}
+
 pub fn render(meta: &Meta, cells: &[CellResult], mem: &Memory, targets: &[Target]) -> String {
     let mut o = String::new();
     let headline = cells.iter().find(|c| c.cell.name == HEADLINE);
@@ -259,6 +423,8 @@ pub fn render(meta: &Meta, cells: &[CellResult], mem: &Memory, targets: &[Target
         .unwrap();
     }
     o.push('\n');
+
+    mtls_section(&mut o, cells, mem);
 
     // What profiling found and what was changed: prose kept next to the harness, since a run
     // cannot measure it; bench/percall.sh reproduces its figures.
@@ -349,7 +515,10 @@ fn method(o: &mut String, meta: &Meta) {
 - **Paths**, measured in every cell and round, in an order rotated each round: *direct*
   (load generator → app); *ferryd self* (→ ferryd → its own app, `/v1.0/invoke/bench-self/method/echo`);
   *ferryd pair* (→ ferryd `bench-caller` → ferryd `bench-callee` → app, resolved through a
-  private `FERRY_HOME` registry, sidecar to sidecar over h2c); *nginx pair* (→ nginx → nginx → app).
+  private `FERRY_HOME` registry, sidecar to sidecar over plaintext HTTP/1.1 keep-alive, and HTTP/2
+  for streamed bodies); *ferryd mTLS pair* (the same with `--enable-mtls`: → `bench-mtls-caller` →
+  `bench-mtls-callee` → app, the same pooling inside TLS, SVIDs from the standalone local CA under
+  the same `FERRY_HOME`); *nginx pair* (→ nginx → nginx → app).
 - **Processes:** release builds. One app for every path (`ferry-bench app`, hyper, one thread):
   `POST /echo` reads the body and answers 200 with a body of the same size. ferryd runs with its
   defaults (log level info, metrics off). Each nginx: `worker_processes 1`, `access_log off`,
@@ -390,7 +559,7 @@ fn method(o: &mut String, meta: &Meta) {
   section, below; a run of `make bench` without it keeps the section of the last one.
 - **Comparing with published figures:** Dapr (v1.17: p50 +1.06 ms, p90 +1.48 ms, p99 +2.90 ms at
   1000 rps, 16 connections, 1 KiB) and Istio (p90 +0.23 ms, p99 +0.30 ms) were measured across
-  nodes on Kubernetes with mTLS; these figures are loopback on one machine without TLS, so compare
+  nodes on Kubernetes with mTLS; these figures are loopback on one machine (mTLS only on the ferryd mTLS pair), so compare
   them with the nginx pair of the same run, not in absolute terms.
 ",
         lg = meta.loadgen_cpu,
@@ -458,14 +627,15 @@ mod tests {
             .map(|(i, &path)| PathSummary {
                 path,
                 runs: 5,
-                kept: 5 - (i == 3) as usize,
-                dropped: if i == 3 {
+                kept: 5 - (path == Path::Nginx) as usize,
+                dropped: if path == Path::Nginx {
                     vec![(2, vec![crate::gate::DropReason::Errors { count: 2 }])]
                 } else {
                     vec![]
                 },
                 latency: Some([spread(100.0 * (i + 1) as f64); 4]),
                 added: (i > 0).then(|| [spread(100.0 * i as f64); 4]),
+                over_plain: (path == Path::RemoteMtls).then(|| [spread(100.0); 4]),
                 rps: Some(spread(1000.0)),
                 cpu_per_krps: path.proxies().iter().map(|&r| (r, 0.071)).collect(),
                 rss_max_kib: path.proxies().iter().map(|&r| (r, 10 * 1024)).collect(),
@@ -527,6 +697,16 @@ mod tests {
         assert!(md.contains("ferryd caller 0.071, ferryd callee 0.071"));
         assert!(md.contains("Resolver scale") || md.contains("resolver scale"));
         assert!(md.contains("commit** `abc123`\n"));
+        // The mTLS pair, next to the plaintext pair of the same run.
+        assert!(md.contains("## What mTLS costs a call (issue 14): 1000 rps, 16 connections"));
+        assert!(md.contains(
+            "| ferryd mTLS pair (load → ferryd → mTLS → ferryd → app) | +300 µs | +300 µs | 0.071 | 0.071 |"
+        ));
+        assert!(md.contains("| mTLS − plaintext | +100 µs | +100 µs | +0.000 | +0.000 |"));
+        assert!(md.contains("| mTLS ÷ plaintext | 1.50× | 1.50× | 1.00× | 1.00× |"));
+        assert!(md.contains("- latency at p50: +100 µs <sub>(+95 µs…+105 µs)</sub>"));
+        assert!(md.contains("caller sidecar +0 µs (71 → 71 µs)"));
+        assert!(md.contains("64 connections: 1000 rps plaintext, 1000 rps mTLS (1.00×)"));
     }
 
     #[test]

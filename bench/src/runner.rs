@@ -92,10 +92,21 @@ struct Outcome {
 
 /// Paths in the order of round `round`: rotated, so no path always runs first or after the same
 /// neighbour.
-pub fn order(round: u32) -> [Path; 4] {
+pub fn order(round: u32) -> [Path; Path::ALL.len()] {
     let mut p = Path::ALL;
-    p.rotate_left(round as usize % 4);
+    p.rotate_left(round as usize % Path::ALL.len());
     p
+}
+
+/// A path whose last load ended longer ago than this is warmed up again before it is measured:
+/// a third of ferryd's idle timeout for pooled peer connections (90 s), so a measured run never
+/// starts on a pool that was closed while the other paths ran (the headline's 20 s runs of five
+/// paths leave each path idle for more than a minute).
+pub const REWARM_AFTER: Duration = Duration::from_secs(30);
+
+/// Whether a path last loaded at `last` needs a warm-up again at `now`.
+pub fn needs_rewarm(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) > REWARM_AFTER)
 }
 
 pub fn run_cell(
@@ -105,12 +116,17 @@ pub fn run_cell(
     budget: &mut Budget,
     mut progress: impl FnMut(&Run),
 ) -> Result<Vec<Run>, Error> {
+    // Warm-up: every path's pools (the load generator's connections to the first hop, the
+    // caller's pooled peer connections, TLS sessions included, and the callee's connections to
+    // its app) are established before anything is measured.
+    let warm = Cell {
+        secs: opts.warmup_secs,
+        ..cell.clone()
+    };
+    let mut last_load: BTreeMap<Path, Instant> = BTreeMap::new();
     for path in Path::ALL {
-        let warm = Cell {
-            secs: opts.warmup_secs,
-            ..cell.clone()
-        };
         generate(sut, &warm, path, opts, "warmup")?;
+        last_load.insert(path, Instant::now());
     }
     let mut runs = Vec::new();
     let mut complete = 0;
@@ -120,11 +136,15 @@ pub fn run_cell(
         }
         let mut all_kept = true;
         for path in order(round) {
+            if needs_rewarm(last_load.get(&path).copied(), Instant::now()) {
+                generate(sut, &warm, path, opts, &format!("rewarm{round}"))?;
+            }
             let limit = opts.quiet_wait.min(budget.wait_left);
             let waited = wait_for_quiet(sut, opts, limit)?;
             budget.wait_left = budget.wait_left.saturating_sub(waited);
             budget.waited += waited;
             let mut run = measure(sut, cell, path, round, opts)?;
+            last_load.insert(path, Instant::now());
             run.waited_secs = waited.as_secs_f64();
             all_kept &= run.kept();
             progress(&run);
@@ -403,14 +423,30 @@ mod tests {
         assert_eq!(order(0), Path::ALL);
         assert_eq!(
             order(1),
-            [Path::SelfInvoke, Path::Remote, Path::Nginx, Path::Direct]
+            [
+                Path::SelfInvoke,
+                Path::Remote,
+                Path::RemoteMtls,
+                Path::Nginx,
+                Path::Direct
+            ]
         );
-        assert_eq!(order(4), Path::ALL);
-        // Over four rounds every path runs once in every position.
-        for pos in 0..4 {
-            let mut seen: Vec<Path> = (0..4).map(|r| order(r)[pos]).collect();
+        assert_eq!(order(5), Path::ALL);
+        // Over five rounds every path runs once in every position.
+        for pos in 0..5 {
+            let mut seen: Vec<Path> = (0..5).map(|r| order(r)[pos]).collect();
             seen.sort();
             assert_eq!(seen, Path::ALL);
         }
+    }
+
+    #[test]
+    fn a_path_idle_too_long_is_warmed_again() {
+        let now = Instant::now() + Duration::from_secs(120);
+        assert!(needs_rewarm(None, now));
+        assert!(!needs_rewarm(Some(now - Duration::from_secs(5)), now));
+        assert!(needs_rewarm(Some(now - Duration::from_secs(31)), now));
+        // Well inside ferryd's 90 s idle timeout of pooled peer connections.
+        assert!(REWARM_AFTER < Duration::from_secs(90) / 2);
     }
 }

@@ -24,6 +24,9 @@ pub struct PathSummary {
     pub latency: Option<[Spread; 4]>,
     /// Added over the direct call (µs): median of per-round differences. `None` for direct.
     pub added: Option<[Spread; 4]>,
+    /// The mTLS pair only: latency over the plaintext pair of the same round (µs), the median
+    /// of per-round differences, i.e. what mTLS costs a call.
+    pub over_plain: Option<[Spread; 4]>,
     pub rps: Option<Spread>,
     /// vCPU per 1000 rps of each process on the path (proxies and app), median over kept runs.
     pub cpu_per_krps: BTreeMap<Role, f64>,
@@ -50,6 +53,7 @@ pub fn summarize(runs: &[Run]) -> Vec<PathSummary> {
     let kept_of =
         |p: Path| -> Vec<&Run> { runs.iter().filter(|r| r.path == p && r.kept()).collect() };
     let direct = kept_of(Path::Direct);
+    let plain = kept_of(Path::Remote);
     Path::ALL
         .iter()
         .map(|&path| {
@@ -68,6 +72,16 @@ pub fn summarize(runs: &[Run]) -> Vec<PathSummary> {
                         spread(&paired_differences(
                             &latency_series(&kept, i),
                             &latency_series(&direct, i),
+                        ))
+                    })
+                })
+                .flatten();
+            let over_plain = (path == Path::RemoteMtls)
+                .then(|| {
+                    four(&|i| {
+                        spread(&paired_differences(
+                            &latency_series(&kept, i),
+                            &latency_series(&plain, i),
                         ))
                     })
                 })
@@ -104,6 +118,7 @@ pub fn summarize(runs: &[Run]) -> Vec<PathSummary> {
                     .collect(),
                 latency,
                 added,
+                over_plain,
                 rps: spread(&kept.iter().map(|r| r.rps).collect::<Vec<_>>()),
                 cpu_per_krps,
                 rss_max_kib,
@@ -226,6 +241,8 @@ mod tests {
         cpu_s.insert(Role::App, 0.2);
         cpu_s.insert(Role::FerrydCaller, 0.5);
         cpu_s.insert(Role::FerrydCallee, 0.6);
+        cpu_s.insert(Role::FerrydMtlsCaller, 0.7);
+        cpu_s.insert(Role::FerrydMtlsCallee, 0.8);
         cpu_s.insert(Role::NginxFront, 0.4);
         cpu_s.insert(Role::NginxBack, 0.4);
         let mut rss = BTreeMap::new();
@@ -281,6 +298,13 @@ mod tests {
                 500.0 + noise,
                 false,
             ));
+            v.push(run(
+                Path::RemoteMtls,
+                r,
+                340.0 + noise + 2.0 * r as f64,
+                600.0 + noise,
+                r == 4,
+            ));
             v.push(run(Path::Nginx, r, 280.0 + noise, 520.0 + noise, false));
         }
         v
@@ -304,6 +328,25 @@ mod tests {
         assert!((remote.cpu_per_krps[&Role::FerrydCaller] - 0.05).abs() < 1e-12);
         assert!(!remote.cpu_per_krps.contains_key(&Role::NginxFront));
         assert_eq!(remote.rss_max_kib[&Role::FerrydCaller], 9004);
+        assert!(remote.over_plain.is_none());
+    }
+
+    #[test]
+    fn the_mtls_pair_is_paired_with_the_plaintext_pair_of_each_round() {
+        let s = summarize(&cell());
+        let m = find(&s, Path::RemoteMtls).unwrap();
+        assert_eq!((m.runs, m.kept), (5, 4));
+        // Over the plaintext pair, rounds 0..=3 (round 4's mTLS run was dropped):
+        // 40 + r each round: 40, 41, 42, 43.
+        let over = m.over_plain.unwrap();
+        assert_eq!(over[0].n, 4);
+        assert_eq!(over[0].median, 41.5);
+        assert_eq!(over[2].median, 100.0);
+        // Over direct: rounds 0, 1, 2 (round 3 has no direct run, round 4 no mTLS run).
+        assert_eq!(m.added.unwrap()[0].median, 242.0);
+        assert!((m.cpu_per_krps[&Role::FerrydMtlsCaller] - 0.07).abs() < 1e-12);
+        assert!((m.cpu_per_krps[&Role::FerrydMtlsCallee] - 0.08).abs() < 1e-12);
+        assert!(!m.cpu_per_krps.contains_key(&Role::FerrydCaller));
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! * `bench-caller` → `bench-callee`: the remote path; the caller has no app (the load generator
 //!   plays the calling app), the callee fronts the app. Both resolve each other through a private
 //!   `FERRY_HOME` registry.
+//! * `bench-mtls-caller` → `bench-mtls-callee`: the same pair started with `--enable-mtls`, its
+//!   certificates from the standalone local CA under the shared `FERRY_HOME` (`<home>/ca`, made
+//!   by the first of them to start). Its own app IDs keep the two pairs from resolving into each
+//!   other: each caller only ever calls its own callee.
 //! * nginx front → nginx back → app, keep-alive upstreams, one worker each, streaming both ways.
 
 use std::{
@@ -78,12 +82,15 @@ pub struct Sut {
     app_port: u16,
     self_http: u16,
     caller_http: u16,
+    mtls_caller_http: u16,
     nginx_port: u16,
 }
 
 pub const SELF_ID: &str = "bench-self";
 pub const CALLER_ID: &str = "bench-caller";
 pub const CALLEE_ID: &str = "bench-callee";
+pub const MTLS_CALLER_ID: &str = "bench-mtls-caller";
+pub const MTLS_CALLEE_ID: &str = "bench-mtls-callee";
 const STARTUP: Duration = Duration::from_secs(20);
 
 fn free_port() -> io::Result<u16> {
@@ -103,6 +110,7 @@ impl Sut {
             app_port: free_port().map_err(Error::io("pick a port"))?,
             self_http: 0,
             caller_http: 0,
+            mtls_caller_http: 0,
             nginx_port: 0,
         };
 
@@ -111,24 +119,34 @@ impl Sut {
         sut.spawn(cfg, Role::App, app)?;
         wait_for("the app", STARTUP, || probe::accepts(local(app_port)))?;
 
-        let ferryd = |id: &str, app: Option<u16>| {
-            let mut l = Launch::new(&cfg.ferryd)
-                .args(["--app-id", id, "--dapr-http-port", "0"])
-                .args(["--dapr-listen-addresses", "127.0.0.1"]);
-            if let Some(p) = app {
-                l = l.args(["--app-port", &p.to_string()]);
-            }
-            // A clean environment: nothing from the machine's FERRY_* or NAMESPACE.
-            l.env = Some(vec![
-                ("PATH".into(), std::env::var_os("PATH").unwrap_or_default()),
-                ("HOME".into(), home.clone().into_os_string()),
-                ("FERRY_HOME".into(), home.clone().into_os_string()),
-            ]);
+        let ferryd = |id: &str, app: Option<u16>, mtls: bool| {
+            let mut l = Launch::new(&cfg.ferryd).args(ferryd_args(id, app, mtls));
+            l.env = Some(ferryd_env(&home));
             l
         };
-        sut.self_http = sut.start_ferryd(cfg, Role::FerrydSelf, ferryd(SELF_ID, Some(app_port)))?;
-        sut.start_ferryd(cfg, Role::FerrydCallee, ferryd(CALLEE_ID, Some(app_port)))?;
-        sut.caller_http = sut.start_ferryd(cfg, Role::FerrydCaller, ferryd(CALLER_ID, None))?;
+        sut.self_http = sut.start_ferryd(
+            cfg,
+            Role::FerrydSelf,
+            ferryd(SELF_ID, Some(app_port), false),
+        )?;
+        sut.start_ferryd(
+            cfg,
+            Role::FerrydCallee,
+            ferryd(CALLEE_ID, Some(app_port), false),
+        )?;
+        sut.caller_http =
+            sut.start_ferryd(cfg, Role::FerrydCaller, ferryd(CALLER_ID, None, false))?;
+        // One at a time: the first creates the local CA under the shared home.
+        sut.start_ferryd(
+            cfg,
+            Role::FerrydMtlsCallee,
+            ferryd(MTLS_CALLEE_ID, Some(app_port), true),
+        )?;
+        sut.mtls_caller_http = sut.start_ferryd(
+            cfg,
+            Role::FerrydMtlsCaller,
+            ferryd(MTLS_CALLER_ID, None, true),
+        )?;
 
         let back = free_port().map_err(Error::io("pick a port"))?;
         sut.start_nginx(cfg, Role::NginxBack, back, app_port)?;
@@ -292,6 +310,10 @@ impl Sut {
                 "http://127.0.0.1:{}/v1.0/invoke/{CALLEE_ID}/method{route}",
                 self.caller_http
             ),
+            Path::RemoteMtls => format!(
+                "http://127.0.0.1:{}/v1.0/invoke/{MTLS_CALLEE_ID}/method{route}",
+                self.mtls_caller_http
+            ),
             Path::Nginx => format!("http://127.0.0.1:{}{route}", self.nginx_port),
         }
     }
@@ -396,6 +418,34 @@ impl Drop for Sut {
     }
 }
 
+/// The arguments of one ferryd under test: its app ID, its app when it has one, its ports on
+/// loopback (the HTTP API on a free port, found in the registry), and `--enable-mtls` for the
+/// mTLS pair (its CA: the standalone local CA of `FERRY_HOME`, see [`ferryd_env`]).
+pub fn ferryd_args(id: &str, app_port: Option<u16>, mtls: bool) -> Vec<String> {
+    let mut a: Vec<String> = ["--app-id", id, "--dapr-http-port", "0"]
+        .into_iter()
+        .chain(["--dapr-listen-addresses", "127.0.0.1"])
+        .map(str::to_owned)
+        .collect();
+    if let Some(p) = app_port {
+        a.extend(["--app-port".to_owned(), p.to_string()]);
+    }
+    if mtls {
+        a.push("--enable-mtls".to_owned());
+    }
+    a
+}
+
+/// A clean environment for every ferryd: nothing from the machine's FERRY_* or NAMESPACE; one
+/// `FERRY_HOME` shared by all of them (the registry, and the mTLS pair's local CA in `<home>/ca`).
+pub fn ferryd_env(home: &FsPath) -> Vec<(OsString, OsString)> {
+    vec![
+        ("PATH".into(), std::env::var_os("PATH").unwrap_or_default()),
+        ("HOME".into(), home.as_os_str().to_owned()),
+        ("FERRY_HOME".into(), home.as_os_str().to_owned()),
+    ]
+}
+
 fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), Error> {
     let deadline = Instant::now() + limit;
     while !ready() {
@@ -489,6 +539,60 @@ mod tests {
         ] {
             assert!(c.contains(needle), "missing {needle}");
         }
+    }
+
+    #[test]
+    fn the_mtls_pair_runs_with_enable_mtls_under_the_shared_home() {
+        let plain = ferryd_args(CALLER_ID, None, false);
+        assert!(!plain.iter().any(|a| a.contains("mtls")), "{plain:?}");
+        let callee = ferryd_args(MTLS_CALLEE_ID, Some(9000), true);
+        assert_eq!(
+            callee.join(" "),
+            "--app-id bench-mtls-callee --dapr-http-port 0 --dapr-listen-addresses 127.0.0.1 \
+             --app-port 9000 --enable-mtls"
+        );
+        let caller = ferryd_args(MTLS_CALLER_ID, None, true);
+        assert!(caller.contains(&"--enable-mtls".to_owned()));
+        assert!(!caller.contains(&"--app-port".to_owned()));
+        // Their own app IDs: neither pair's caller can resolve the other pair's callee.
+        let ids = [
+            SELF_ID,
+            CALLER_ID,
+            CALLEE_ID,
+            MTLS_CALLER_ID,
+            MTLS_CALLEE_ID,
+        ];
+        let mut unique = ids.to_vec();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+        // Every ferryd shares one home: one registry, and the local CA under it.
+        let home = FsPath::new("/tmp/bench/ferry-home");
+        let env = ferryd_env(home);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("FERRY_HOME"), Some(home.as_os_str().to_owned()));
+        assert_eq!(get("HOME"), Some(home.as_os_str().to_owned()));
+        assert_eq!(env.len(), 3, "nothing else from the machine's environment");
+    }
+
+    #[test]
+    fn the_mtls_path_calls_its_own_callee() {
+        let sut = Sut {
+            procs: Vec::new(),
+            app_port: 1,
+            self_http: 2,
+            caller_http: 3,
+            mtls_caller_http: 4,
+            nginx_port: 5,
+        };
+        assert_eq!(
+            sut.url(Path::RemoteMtls, "/echo"),
+            "http://127.0.0.1:4/v1.0/invoke/bench-mtls-callee/method/echo"
+        );
+        assert_eq!(
+            sut.url(Path::Remote, "/echo"),
+            "http://127.0.0.1:3/v1.0/invoke/bench-callee/method/echo"
+        );
     }
 
     #[test]
