@@ -12,219 +12,22 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::mesh::with_mesh;
 use common::{
-    Load, MESH_LABEL, TESTAPP_IMAGE, WAIT, call_until, client_app, create_app_namespaces,
-    create_deployment, delete_namespaces, deployment, http_client, kubectl, pod_ip, pod_log,
-    pod_ready, ready_pods, samples_across_namespaces, scale,
+    Load, TESTAPP_IMAGE, WAIT, call_until, client_app, create_deployment, deployment,
+    http_client, kubectl, pod_ip, pod_log, ready_pods, samples_across_namespaces, scale,
 };
-use ferry_e2e::{eventually, http_get, install_crds, install_rbac, repo_root, run, with_temp_ns};
+use ferry_e2e::{eventually, http_get, run};
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration,
-    core::v1::{Event, Namespace, Pod, Service},
+    core::v1::{Event, Pod},
 };
 use kube::{
-    Api, Client, ResourceExt,
-    api::{ListParams, PostParams},
+    Api, ResourceExt,
+    api::ListParams,
 };
 use serde_json::json;
-
-const OPERATOR_IMAGE: &str = "ghcr.io/ferry-dev/ferry-operator:dev";
-const INJECTOR_IMAGE: &str = "ghcr.io/ferry-dev/ferry-injector:dev";
-const SIDECAR_IMAGE: &str = "ghcr.io/ferry-dev/ferryd:dev";
-
-static ONE_MESH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// === namespaces ===
-
-/// Runs `test` with a control-plane namespace and `apps` app namespaces (labelled into the
-/// mesh), all deleted afterwards whatever the outcome.
-async fn with_mesh<F, Fut>(apps: usize, test: F)
-where
-    F: FnOnce(Client, Mesh, Vec<String>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let _one = ONE_MESH.lock().await;
-    with_temp_ns("flow-cp", move |client, cp| async move {
-        let mesh = Mesh::install(&client, &cp).await;
-        let names = create_app_namespaces(&client, &cp, apps).await;
-        let outcome = tokio::spawn(test(client.clone(), mesh.clone(), names.clone())).await;
-        delete_namespaces(&client, &names).await;
-        if let Err(e) = outcome {
-            mesh.print_logs();
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-            panic!("the test was cancelled: {e}");
-        }
-    })
-    .await;
-}
-
-// === the control plane under test ===
-
-#[derive(Clone)]
-struct Mesh {
-    cp: String,
-}
-
-impl Mesh {
-    /// Installs CRDs, RBAC, the webhook configuration, the injector's Service, and the
-    /// operator and injector pods; returns once both are ready (the injector's readiness
-    /// includes its CA being in the webhook configuration).
-    async fn install(client: &Client, cp: &str) -> Self {
-        install_crds(client).await;
-        let webhook = format!("ferry-injector-{cp}");
-        let rbac = repo_root().join("deploy/rbac");
-        // The sidecars' ClusterRole and its binding are cluster-scoped: this mesh's get its
-        // namespace as a suffix, and the operator is told so.
-        let sidecar_role = format!("ferry-sidecar-{cp}");
-        install_rbac(
-            client,
-            &rbac.join("ferry-operator.yaml"),
-            cp,
-            &[("ferry-sidecar", &sidecar_role)],
-        )
-        .await
-        .unwrap();
-        install_rbac(
-            client,
-            &rbac.join("ferry-injector.yaml"),
-            cp,
-            &[("ferry-injector", &webhook)],
-        )
-        .await
-        .unwrap();
-        install_rbac(client, &rbac.join("ferry-sidecar.yaml"), cp, &[])
-            .await
-            .unwrap();
-
-        let ns: Namespace = Api::all(client.clone()).get(cp).await.unwrap();
-        let owner = json!([{"apiVersion": "v1", "kind": "Namespace", "name": cp, "uid": ns.uid()}]);
-        let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": webhook, "ownerReferences": owner},
-            "webhooks": [{
-                "name": "sidecar-injector.ferry.dev",
-                "clientConfig": {
-                    "service": {"namespace": cp, "name": "ferry-injector", "path": "/mutate", "port": 443},
-                },
-                "rules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
-                    "operations": ["CREATE"], "scope": "Namespaced",
-                }],
-                "namespaceSelector": {"matchLabels": {MESH_LABEL: cp}},
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1", "v1beta1"],
-                "reinvocationPolicy": "IfNeeded",
-                "timeoutSeconds": 10,
-            }],
-        }))
-        .unwrap();
-        Api::<MutatingWebhookConfiguration>::all(client.clone())
-            .create(&PostParams::default(), &mwc)
-            .await
-            .unwrap();
-
-        let svc: Service = serde_json::from_value(json!({
-            "metadata": {"name": "ferry-injector"},
-            "spec": {
-                "selector": {"app": "ferry-injector"},
-                "ports": [{"name": "https", "port": 443, "targetPort": "https", "appProtocol": "https"}],
-            }
-        }))
-        .unwrap();
-        Api::<Service>::namespaced(client.clone(), cp)
-            .create(&PostParams::default(), &svc)
-            .await
-            .unwrap();
-
-        let downward = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
-        let operator: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "ferry-operator", "labels": {"app": "ferry-operator"}},
-            "spec": {
-                "serviceAccountName": "ferry-operator",
-                "terminationGracePeriodSeconds": 5,
-                "containers": [{
-                    "name": "operator",
-                    "image": OPERATOR_IMAGE,
-                    "env": [
-                        downward("POD_NAME", "metadata.name"),
-                        downward("POD_NAMESPACE", "metadata.namespace"),
-                        {"name": "FERRY_LOG", "value": "info,ferry_operator=debug"},
-                        {"name": "FERRY_SERVICE_GRACE_SECONDS", "value": "5"},
-                        {"name": "FERRY_SIDECAR_CLUSTER_ROLE", "value": sidecar_role},
-                        {"name": "FERRY_SIDECAR_BINDING_NAME", "value": sidecar_role},
-                    ],
-                    "ports": [{"name": "admin", "containerPort": 8080}],
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
-                }]
-            }
-        }))
-        .unwrap();
-        let injector: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "ferry-injector", "labels": {"app": "ferry-injector"}},
-            "spec": {
-                "serviceAccountName": "ferry-injector",
-                "terminationGracePeriodSeconds": 5,
-                "containers": [{
-                    "name": "injector",
-                    "image": INJECTOR_IMAGE,
-                    "args": [
-                        "--webhook-config-name", webhook,
-                        "--sidecar-image", SIDECAR_IMAGE,
-                        "--log-level", "debug",
-                    ],
-                    "env": [downward("POD_NAMESPACE", "metadata.namespace")],
-                    "ports": [
-                        {"name": "https", "containerPort": 4000},
-                        {"name": "admin", "containerPort": 8080},
-                    ],
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1},
-                }]
-            }
-        }))
-        .unwrap();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), cp);
-        for pod in [operator, injector] {
-            pods.create(&PostParams::default(), &pod).await.unwrap();
-        }
-        let mesh = Self { cp: cp.to_owned() };
-        for name in ["ferry-operator", "ferry-injector"] {
-            let started = Instant::now();
-            loop {
-                let pod = pods.get_opt(name).await.ok().flatten();
-                if pod.as_ref().is_some_and(pod_ready) {
-                    break;
-                }
-                if started.elapsed() > WAIT {
-                    mesh.print_logs();
-                    panic!(
-                        "{name} did not become ready; last seen: {:?}",
-                        pod.and_then(|p| p.status)
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-        mesh
-    }
-
-    fn print_logs(&self) {
-        for (pod, container) in [
-            ("ferry-operator", "operator"),
-            ("ferry-injector", "injector"),
-        ] {
-            let log = pod_log(&self.cp, pod, container);
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- last lines of {}/{pod} ---", self.cp);
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
 
 // === the tests ===
 

@@ -23,6 +23,24 @@ pub const DEFAULT_SKEW: Duration = Duration::from_secs(15 * 60);
 /// Lifetime of a generated root and issuer (Dapr's: one year).
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A workload certificate lifetime as daprd and Sentry take it (`--workload-cert-ttl`): whole
+/// Go-style units, `90s`, `30m`, `24h`, at least a minute.
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration such as 90s, 30m or 24h");
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(bad()),
+    };
+    if secs < 60 {
+        return Err(format!("{s:?}: a certificate must live at least 1m"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 /// What a CA signs with: the issuer's certificate and key, and the trust anchors to hand out.
 pub struct Authority {
     issuer_pem: String,
@@ -161,6 +179,16 @@ impl Authority {
 
     pub fn trust_anchors_pem(&self) -> &str {
         &self.trust_anchors_pem
+    }
+
+    /// When the issuer certificate expires (`None` if it cannot be read back, which
+    /// [`Authority::new`] already ruled out).
+    pub fn issuer_not_after(&self) -> Option<SystemTime> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let der = crate::trust::certificates(&self.issuer_pem).ok()?.into_iter().next()?;
+        let (_, cert) = X509Certificate::from_der(&der).ok()?;
+        let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
     }
 
     /// Signs `csr` (PEM `CERTIFICATE REQUEST`, or DER) for `id`, whose claim the caller has

@@ -8,7 +8,7 @@ use clap::Parser;
 use crate::{
     bootstrap::SecretRef,
     certs::Sans,
-    inject::{DEFAULT_SIDECAR_IMAGE, InjectorConfig},
+    inject::{DEFAULT_SIDECAR_IMAGE, InjectorConfig, MtlsConfig},
     tls::CertFiles,
 };
 
@@ -120,6 +120,19 @@ pub struct Args {
     )]
     pub trust_domain: String,
 
+    /// Turn on mTLS between the sidecars it injects: each gets --enable-mtls, the CA's address,
+    /// a projected token for the CA and the namespace's trust bundle (ConfigMap
+    /// dapr-trust-bundle, which the operator's CA publishes). The chart sets it (mtls.enabled).
+    #[arg(long, env = "FERRY_INJECTOR_MTLS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub mtls: bool,
+
+    /// The CA sidecars ask for certificates, `host:port` [default:
+    /// ferry-ca.<control-plane-namespace>.svc:443].
+    #[arg(long, env = "FERRY_INJECTOR_SENTRY_ADDRESS", requires = "mtls")]
+    pub sentry_address: Option<String>,
+
     /// More service accounts whose pods get a sidecar, as `namespace:name` globs
     /// (comma-separated), in addition to Dapr's built-in list of controllers.
     #[arg(long, env = "FERRY_INJECTOR_ALLOWED_SERVICE_ACCOUNTS", value_delimiter = ',',
@@ -185,6 +198,16 @@ impl Args {
                 .unwrap_or_else(|| self.namespace()),
             trust_domain: self.trust_domain.clone(),
             allowed_service_accounts: self.allowed_service_accounts.clone(),
+            mtls: self.mtls.then(|| MtlsConfig {
+                sentry_address: self.sentry_address.clone().unwrap_or_else(|| {
+                    format!(
+                        "ferry-ca.{}.svc:443",
+                        self.control_plane_namespace
+                            .clone()
+                            .unwrap_or_else(|| self.namespace())
+                    )
+                }),
+            }),
         }
     }
 

@@ -61,7 +61,29 @@ pub struct InjectorConfig {
     pub trust_domain: String,
     /// Extra `namespace:name` globs, in addition to [`BUILTIN_SERVICE_ACCOUNTS`].
     pub allowed_service_accounts: Vec<String>,
+    /// mTLS between sidecars: where their CA is. `None`: plaintext (the sidecar logs it).
+    pub mtls: Option<MtlsConfig>,
 }
+
+/// What a sidecar needs for mTLS: its CA's address; the CA's identity follows from the control
+/// plane's namespace and trust domain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MtlsConfig {
+    /// `host:port` of the CA (Ferry's, or Dapr's Sentry).
+    pub sentry_address: String,
+}
+
+/// The projected token the sidecar proves itself to the CA with (Dapr's volume name).
+pub const SENTRY_TOKEN_VOLUME: &str = "dapr-identity-token";
+/// Where it is mounted: the directory of Dapr's token path.
+pub const SENTRY_TOKEN_DIR: &str = "/var/run/secrets/dapr.io/sentrytoken";
+/// The trust bundle ConfigMap the operator publishes in every namespace, as a volume.
+pub const TRUST_BUNDLE_VOLUME: &str = "dapr-trust-bundle";
+pub const TRUST_BUNDLE_CONFIG_MAP: &str = "dapr-trust-bundle";
+pub const TRUST_BUNDLE_DIR: &str = "/var/run/secrets/dapr.io/trust-anchors";
+/// How long the CA token lives (the kubelet renews it at 80 %).
+const SENTRY_TOKEN_SECONDS: i64 = 7200;
 
 impl Default for InjectorConfig {
     fn default() -> Self {
@@ -71,6 +93,7 @@ impl Default for InjectorConfig {
             control_plane_namespace: "ferry-system".into(),
             trust_domain: "cluster.local".into(),
             allowed_service_accounts: Vec::new(),
+            mtls: None,
         }
     }
 }
@@ -322,12 +345,21 @@ fn build_patch(pod: &Pod, cfg: &InjectorConfig, sc: &SidecarConfig, warnings: &[
             .iter()
             .flatten()
             .any(|v| v.name == KUBE_API_ACCESS_VOLUME);
+    let mut volumes = Vec::new();
     if needs_token {
-        let volume = to_value(&kube_api_access_volume());
-        if spec.volumes.as_ref().is_none_or(Vec::is_empty) {
-            add(&mut ops, path(["spec", "volumes"]), json!([volume]));
-        } else {
+        volumes.push(kube_api_access_volume());
+    }
+    if cfg.mtls.is_some() {
+        volumes.extend(mtls_volumes(cfg));
+    }
+    let mut has_volumes = !spec.volumes.as_ref().is_none_or(Vec::is_empty);
+    for volume in volumes {
+        let volume = to_value(&volume);
+        if has_volumes {
             add(&mut ops, path(["spec", "volumes", "-"]), volume);
+        } else {
+            add(&mut ops, path(["spec", "volumes"]), json!([volume]));
+            has_volumes = true;
         }
     }
 
@@ -397,6 +429,65 @@ fn build_patch(pod: &Pod, cfg: &InjectorConfig, sc: &SidecarConfig, warnings: &[
         }
     }
     Patch(ops)
+}
+
+/// The CA's SPIFFE ID, which is the audience of the sidecar's token (as Dapr's injector sets it).
+fn sentry_audience(cfg: &InjectorConfig) -> String {
+    format!(
+        "spiffe://{}/ns/{}/dapr-sentry",
+        cfg.trust_domain, cfg.control_plane_namespace
+    )
+}
+
+fn mtls_volumes(cfg: &InjectorConfig) -> [Volume; 2] {
+    [
+        Volume {
+            name: SENTRY_TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(0o644),
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(sentry_audience(cfg)),
+                        expiration_seconds: Some(SENTRY_TOKEN_SECONDS),
+                        path: "token".into(),
+                    }),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: TRUST_BUNDLE_VOLUME.into(),
+            config_map: Some(k8s_openapi::api::core::v1::ConfigMapVolumeSource {
+                name: TRUST_BUNDLE_CONFIG_MAP.into(),
+                items: Some(vec![KeyToPath {
+                    key: "ca.crt".into(),
+                    path: "ca.crt".into(),
+                    mode: None,
+                }]),
+                default_mode: Some(0o644),
+                optional: None,
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+/// ferryd's mTLS flags, for a CA at `m.sentry_address`.
+fn mtls_args(cfg: &InjectorConfig, m: &MtlsConfig) -> Vec<String> {
+    vec![
+        "--enable-mtls".into(),
+        "--sentry-address".into(),
+        m.sentry_address.clone(),
+        "--control-plane-namespace".into(),
+        cfg.control_plane_namespace.clone(),
+        "--control-plane-trust-domain".into(),
+        cfg.trust_domain.clone(),
+        "--trust-anchors-file".into(),
+        format!("{TRUST_BUNDLE_DIR}/ca.crt"),
+        "--sentry-token-file".into(),
+        format!("{SENTRY_TOKEN_DIR}/token"),
+    ]
 }
 
 fn kube_api_access_volume() -> Volume {
@@ -621,6 +712,21 @@ fn sidecar_container(cfg: &InjectorConfig, sc: &SidecarConfig, token_volume: boo
             ..Default::default()
         });
     }
+    let mut args = sidecar_args(sc);
+    if let Some(m) = &cfg.mtls {
+        args.extend(mtls_args(cfg, m));
+        for (name, dir) in [
+            (SENTRY_TOKEN_VOLUME, SENTRY_TOKEN_DIR),
+            (TRUST_BUNDLE_VOLUME, TRUST_BUNDLE_DIR),
+        ] {
+            mounts.push(VolumeMount {
+                name: name.into(),
+                mount_path: dir.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+    }
     let quantities = |pairs: [(&str, &Option<String>); 2]| {
         let map: BTreeMap<String, Quantity> = pairs
             .into_iter()
@@ -647,7 +753,7 @@ fn sidecar_container(cfg: &InjectorConfig, sc: &SidecarConfig, token_volume: boo
         ),
         image_pull_policy: Some(cfg.image_pull_policy.clone()),
         command: Some(vec![FERRYD_PATH.into()]),
-        args: Some(sidecar_args(sc)),
+        args: Some(args),
         env: Some(env_vars),
         ports: Some(vec![
             port("dapr-http", ports::HTTP_API),

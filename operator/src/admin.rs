@@ -43,6 +43,9 @@ struct HealthInner {
     leader: AtomicBool,
     lease_reachable: AtomicBool,
     caches_synced: AtomicBool,
+    /// `--ca`: this replica also serves the CA.
+    ca_enabled: AtomicBool,
+    ca_ready: AtomicBool,
 }
 
 impl Health {
@@ -69,6 +72,17 @@ impl Health {
         self.update();
     }
 
+    /// This replica serves the CA: it is ready only while the CA is.
+    pub fn enable_ca(&self) {
+        self.inner.ca_enabled.store(true, Ordering::SeqCst);
+        self.update();
+    }
+
+    pub fn set_ca_ready(&self, ready: bool) {
+        self.inner.ca_ready.store(ready, Ordering::SeqCst);
+        self.update();
+    }
+
     pub fn is_leader(&self) -> bool {
         self.inner.leader.load(Ordering::SeqCst)
     }
@@ -76,6 +90,9 @@ impl Health {
     /// Why the replica is not ready, or `None` when it is.
     pub fn not_ready_because(&self) -> Option<&'static str> {
         let i = &self.inner;
+        if i.ca_enabled.load(Ordering::SeqCst) && !i.ca_ready.load(Ordering::SeqCst) {
+            return Some("ca: no usable signing material yet (see the log)");
+        }
         if i.leader.load(Ordering::SeqCst) {
             (!i.caches_synced.load(Ordering::SeqCst)).then_some("leader: caches not synced yet")
         } else {
@@ -174,5 +191,12 @@ mod tests {
         h.set_caches_synced(true);
         assert_eq!(h.not_ready_because(), None);
         assert!(m.encode().contains("ferry_operator_ready 1"));
+        h.enable_ca();
+        assert_eq!(
+            h.not_ready_because(),
+            Some("ca: no usable signing material yet (see the log)")
+        );
+        h.set_ca_ready(true);
+        assert_eq!(h.not_ready_because(), None);
     }
 }

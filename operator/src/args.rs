@@ -71,6 +71,41 @@ pub struct Args {
           value_parser = rbac_name)]
     pub sidecar_secrets_role: String,
 
+    /// Serve Ferry's CA (Dapr Sentry's SignCertificate) on --ca-addr, on every replica.
+    #[arg(long, env = "FERRY_CA", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "false",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub ca: bool,
+
+    /// Where the CA listens (TLS, gRPC).
+    #[arg(long, env = "FERRY_CA_ADDR", default_value = "0.0.0.0:50001")]
+    pub ca_addr: SocketAddr,
+
+    /// The Secret in the operator's namespace holding the CA's roots (`ca.crt`) and issuer
+    /// (`issuer.crt`, `issuer.key`; or cert-manager's `tls.crt`, `tls.key`).
+    #[arg(long, env = "FERRY_CA_SECRET", default_value = "dapr-trust-bundle", value_parser = rbac_name)]
+    pub ca_secret: String,
+
+    /// Generate a root and issuer into --ca-secret when it does not exist (false: wait for it,
+    /// e.g. for cert-manager to write it).
+    #[arg(long, env = "FERRY_CA_GENERATE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub ca_generate: bool,
+
+    /// The Service in front of the CA (named in its serving certificate).
+    #[arg(long, env = "FERRY_CA_SERVICE", default_value = "ferry-ca", value_parser = rbac_name)]
+    pub ca_service: String,
+
+    /// The control plane's trust domain: the CA's SPIFFE ID is
+    /// spiffe://<this>/ns/<operator namespace>/dapr-sentry.
+    #[arg(long, env = "FERRY_CONTROL_PLANE_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub control_plane_trust_domain: ferry_api::TrustDomain,
+
+    /// Lifetime of the workload certificates the CA signs (Dapr's default: 24h; e.g. 90s, 30m).
+    #[arg(long, env = "FERRY_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = ferry_identity::ca::parse_ttl)]
+    pub workload_cert_ttl: Duration,
+
     /// Log filter (tracing-subscriber EnvFilter syntax, e.g. `info,ferry_operator=debug`).
     #[arg(long, env = "FERRY_LOG", default_value = "info")]
     pub log: String,

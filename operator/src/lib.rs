@@ -8,7 +8,9 @@
 //! - [`sidecar_rbac`]: every sidecar's ServiceAccount may read RoutingTables, EndpointSlices and
 //!   exactly the Secrets its namespace's HTTPEndpoints name, nothing more;
 //! - [`injection_warnings`]: the injector's warnings about a pod's annotations, recorded in the
-//!   pod, become one Warning Event on it.
+//!   pod, become one Warning Event on it;
+//! - [`ca`] (`--ca`, on every replica): Ferry's CA on Dapr Sentry's contract, and the trust
+//!   bundle in every namespace.
 //!
 //! Decisions are pure functions (`services::desired`, `endpoints::validate`,
 //! `routing::desired`, `sidecar_rbac::desired`); the reconcilers around them only read caches
@@ -20,6 +22,7 @@
 pub mod admin;
 pub mod apps;
 pub mod args;
+pub mod ca;
 pub mod configurations;
 pub mod context;
 pub mod endpoints;

@@ -10,6 +10,7 @@ use clap::Parser;
 use ferry_api::usage::{EX_USAGE, exit_on_clap_error};
 use ferry_operator::{
     admin::{self, Health},
+    ca,
     args::{Args, LogFormat},
     lease::{Elector, LeaseConfig},
     metrics::Metrics,
@@ -86,6 +87,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
+    // The CA: on every replica, leader or not. Its port is bound now so that a taken port
+    // fails start-up; a failure later stops the process like a signal does.
+    let ca_failed = Arc::new(tokio::sync::Notify::new());
+    let ca_task = if args.ca {
+        let settings = ca::Settings {
+            listen: args.ca_addr,
+            namespace: ferry_api::Namespace::new(lease.namespace.clone()).with_context(|| {
+                format!("the operator's namespace {:?} (the CA's)", lease.namespace)
+            })?,
+            secret: args.ca_secret.clone(),
+            generate: args.ca_generate,
+            trust_domain: args.control_plane_trust_domain.clone(),
+            workload_ttl: args.workload_cert_ttl,
+            service: args.ca_service.clone(),
+        };
+        let listener = ca::bind(args.ca_addr).await?;
+        health.enable_ca();
+        info!(addr = %args.ca_addr, id = %settings.sentry_id(), "CA starting");
+        let (client, metrics, health, shutdown, failed) = (
+            client.clone(),
+            metrics.clone(),
+            health.clone(),
+            shutdown_rx.clone(),
+            ca_failed.clone(),
+        );
+        Some(tokio::spawn(async move {
+            let r = ca::run(client, settings, listener, metrics, health, shutdown).await;
+            if let Err(e) = &r {
+                error!("the CA stopped: {e:#}");
+                failed.notify_one();
+            }
+            r
+        }))
+    } else {
+        None
+    };
+
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let elector = Elector::new(client.clone(), lease);
     let elector_task = tokio::spawn(elector.run(leader_tx, health.clone(), shutdown_rx.clone()));
@@ -95,7 +133,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         instance: identity,
         sidecar_names: args.sidecar_names(),
     };
-    let signal = shutdown_signal();
+    let signal = {
+        let failed = ca_failed.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = failed.notified() => {}
+            }
+        }
+    };
     tokio::pin!(signal);
     loop {
         // Follower: wait to lead, or to stop.
@@ -128,6 +174,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     shutdown_tx.send_replace(true);
     // The elector releases the Lease (the controllers are already stopped).
     let _ = elector_task.await;
+    if let Some(task) = ca_task {
+        match task.await {
+            Ok(r) => r?,
+            Err(e) => anyhow::bail!("CA task failed: {e}"),
+        }
+    }
     match admin_task.await {
         Ok(r) => r?,
         Err(e) => anyhow::bail!("admin server task failed: {e}"),

@@ -86,6 +86,98 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// The CA's metrics, with Dapr Sentry's names (`pkg/sentry/monitoring`).
+pub struct CaMetrics {
+    pub requests: Counter,
+    pub signed: Counter,
+    pub failures: Family<FailureLabels, Counter>,
+    pub issuer_changed: Counter,
+    pub issuer_expiry: Gauge,
+    pub server_cert_failed: Counter,
+    /// Passes that could not publish the trust bundle (Ferry's own).
+    pub bundle_errors: Counter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `req_id_validation` (the proof of identity was refused) or `cert_sign` (the request or
+    /// its CSR is unusable), as Dapr's Sentry labels them.
+    pub reason: &'static str,
+}
+
+impl CaMetrics {
+    fn new() -> Self {
+        Self {
+            requests: Counter::default(),
+            signed: Counter::default(),
+            failures: Family::default(),
+            issuer_changed: Counter::default(),
+            issuer_expiry: Gauge::default(),
+            server_cert_failed: Counter::default(),
+            bundle_errors: Counter::default(),
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let m = self;
+        r.register(
+            "cert_sign_request_received",
+            "Certificate signing requests received",
+            m.requests.clone(),
+        );
+        r.register("cert_sign_success", "Certificates signed", m.signed.clone());
+        r.register(
+            "cert_sign_failure",
+            "Certificate signing requests refused, by reason",
+            m.failures.clone(),
+        );
+        r.register(
+            "issuercert_changed",
+            "Times the issuer was replaced from the Secret",
+            m.issuer_changed.clone(),
+        );
+        r.register(
+            "issuercert_expiry_timestamp",
+            "When the issuer certificate expires (Unix seconds)",
+            m.issuer_expiry.clone(),
+        );
+        r.register(
+            "servercert_issue_failed",
+            "Failures to renew the CA's own serving certificate",
+            m.server_cert_failed.clone(),
+        );
+    }
+
+    fn register_own(&self, r: &mut Registry) {
+        let m = self;
+        r.register(
+            "ca_trust_bundle_publish_errors",
+            "Passes that could not publish the dapr-trust-bundle ConfigMaps",
+            m.bundle_errors.clone(),
+        );
+    }
+
+    pub fn outcome(&self, o: ferry_identity::sentry::Outcome) {
+        use ferry_identity::sentry::Outcome;
+        self.requests.inc();
+        let reason = match o {
+            Outcome::Signed => {
+                self.signed.inc();
+                return;
+            }
+            Outcome::Refused => "req_id_validation",
+            Outcome::Invalid => "cert_sign",
+        };
+        self.failures.get_or_create(&FailureLabels { reason }).inc();
+    }
+
+    pub fn issuer_loaded(&self, a: &ferry_identity::ca::Authority) {
+        if let Some(t) = a.issuer_not_after() {
+            self.issuer_expiry.set(crate::ca::unix_seconds(t));
+        }
+    }
+}
+
 pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
@@ -95,12 +187,18 @@ pub struct Metrics {
     pub reports: Family<ReportLabels, Counter>,
     pub leader: Gauge,
     pub ready: Gauge,
+    pub ca: CaMetrics,
     registry: Registry,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("ferry_operator");
+        let mut root = Registry::default();
+        let ca = CaMetrics::new();
+        // Dapr's names for the CA's metrics; the operator's own under ferry_operator_.
+        ca.register(root.sub_registry_with_prefix("dapr_sentry"));
+        let registry = root.sub_registry_with_prefix("ferry_operator");
+        ca.register_own(registry);
         let reconciles = Family::<ControllerLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let durations =
@@ -143,7 +241,8 @@ impl Default for Metrics {
             reports,
             leader,
             ready,
-            registry,
+            ca,
+            registry: root,
         }
     }
 }

@@ -270,29 +270,12 @@ pub struct SidecarArgs {
     pub sentry_token_file: Option<PathBuf>,
 
     /// Lifetime of certificates from the standalone local CA (Dapr's default: 24h).
-    #[arg(long, env = "FERRY_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = parse_ttl)]
+    #[arg(long, env = "FERRY_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = ferry_identity::ca::parse_ttl)]
     pub workload_cert_ttl: Duration,
 }
 
 /// Where a projected service-account token for the CA is mounted, as Dapr's injector does.
 pub const SENTRY_TOKEN_FILE: &str = "/var/run/secrets/dapr.io/sentrytoken/token";
-
-/// Go-style durations of whole units: `90s`, `30m`, `24h`.
-fn parse_ttl(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration such as 90s, 30m or 24h");
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(bad()),
-    };
-    if secs < 60 {
-        return Err(format!("{s:?}: a certificate must live at least 1m"));
-    }
-    Ok(Duration::from_secs(secs))
-}
 
 /// The flags once checked against each other, with the mode's defaults applied: everything the
 /// sidecar reads after start-up.

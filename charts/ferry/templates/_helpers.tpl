@@ -21,6 +21,12 @@ With the release named `ferry` the fullname is `ferry`, and the names are those 
 {{- end -}}
 
 {{- define "ferry.operator.name" -}}{{ include "ferry.fullname" . }}-operator{{- end -}}
+{{/* The Service in front of the operator's CA. */}}
+{{- define "ferry.ca.name" -}}{{ include "ferry.fullname" . }}-ca{{- end -}}
+{{/* Where sidecars reach the CA. */}}
+{{- define "ferry.ca.address" -}}
+{{- if .Values.mtls.sentryAddress -}}{{ .Values.mtls.sentryAddress }}{{- else -}}{{ include "ferry.ca.name" . }}.{{ .Release.Namespace }}.svc:443{{- end -}}
+{{- end -}}
 {{- define "ferry.injector.name" -}}{{ include "ferry.fullname" . }}-injector{{- end -}}
 {{/* The webhook configuration: the injector keeps its caBundle (--webhook-config-name). */}}
 {{- define "ferry.webhook.name" -}}{{ include "ferry.fullname" . }}-injector{{- end -}}

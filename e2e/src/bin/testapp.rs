@@ -7,8 +7,11 @@
 //! - `GET /kube-version`: `{"gitVersion": …}` read from the API server with an in-cluster
 //!   client (`kube::Client::try_default`: the service-account token mount and
 //!   `KUBERNETES_SERVICE_HOST`/`PORT`); 500 `{"error": …}` when that fails;
-//! - `GET /fetch?url=http://…`: fetches the URL and answers `{"status", "body"}`, or 502
-//!   `{"error": …}`, so one pod can call another;
+//!   plus `"headers"`: the request's `dapr-*` headers (who the sidecar says the caller is);
+//!   each such request is counted;
+//! - `GET /requests`: `{"count": n}`, how many requests the line above served;
+//! - `GET /fetch?url=http://…[&method=POST][&header=name:value]`: fetches the URL and answers
+//!   `{"status", "body"}`, or 502 `{"error": …}`, so one pod can call another (or try to);
 //! - `GET /env`: the process environment as a JSON object;
 //! - `GET /file?path=…`: the file's contents (404 when it cannot be read).
 //!
@@ -95,8 +98,19 @@ async fn handle(req: Request<Incoming>, port: u16) -> Result<Response<Full<Bytes
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/kube-version") => kube_version().await,
+        (&Method::GET, "/requests") => json_response(
+            StatusCode::OK,
+            json!({"count": SERVED.load(std::sync::atomic::Ordering::SeqCst)}),
+        ),
         (&Method::GET, "/fetch") => match query.get("url") {
-            Some(url) => fetch(url).await,
+            Some(url) => {
+                fetch(
+                    url,
+                    query.get("method").map(String::as_str).unwrap_or("GET"),
+                    query.get("header").map(String::as_str),
+                )
+                .await
+            }
             None => json_response(StatusCode::BAD_REQUEST, json!({"error": "missing ?url="})),
         },
         (&Method::GET, "/env") => {
@@ -108,10 +122,24 @@ async fn handle(req: Request<Incoming>, port: u16) -> Result<Response<Full<Bytes
             Some(Err(e)) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
             None => text(StatusCode::BAD_REQUEST, "missing ?path=\n"),
         },
-        _ => json_response(StatusCode::OK, whoami(port, &path, req.method())),
+        _ => {
+            SERVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut who = whoami(port, &path, req.method());
+            let dapr: BTreeMap<&str, &str> = req
+                .headers()
+                .iter()
+                .filter(|(k, _)| k.as_str().starts_with("dapr-"))
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+                .collect();
+            who["headers"] = json!(dapr);
+            json_response(StatusCode::OK, who)
+        }
     };
     Ok(response)
 }
+
+/// Requests served by the catch-all route (what an app counts as its traffic).
+static SERVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn whoami(port: u16, path: &str, method: &Method) -> Value {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -140,13 +168,23 @@ async fn kube_version() -> Response<Full<Bytes>> {
     }
 }
 
-async fn fetch(url: &str) -> Response<Full<Bytes>> {
+async fn fetch(url: &str, method: &str, header: Option<&str>) -> Response<Full<Bytes>> {
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .build_http::<Empty<Bytes>>();
     let result = async {
         let uri: http::Uri = url.parse().map_err(|e| format!("bad url {url:?}: {e}"))?;
+        let method: Method = method
+            .parse()
+            .map_err(|e| format!("bad method {method:?}: {e}"))?;
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some((name, value)) = header.and_then(|h| h.split_once(':')) {
+            request = request.header(name.trim(), value.trim());
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| format!("bad request: {e}"))?;
         let response = client
-            .get(uri)
+            .request(request)
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
         let status = response.status().as_u16();

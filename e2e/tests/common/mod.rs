@@ -31,6 +31,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 
+pub mod mesh;
+
 pub const WAIT: Duration = Duration::from_secs(90);
 pub const TESTAPP_IMAGE: &str = "ferry.test/testapp:dev";
 /// The label that puts a namespace under a test's injector (its namespaceSelector).

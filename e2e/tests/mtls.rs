@@ -1,0 +1,461 @@
+//! Identity on the Tier-1 cluster: the operator's CA (TokenReview, the pod, the app-ID
+//! binding, the trust domain of the pod's Configuration), mTLS between injected sidecars, and
+//! Dapr's access control applied with kubectl, against the issue's attack.
+//!
+//! Apps (all the test app, `ferry-testapp`): `payments` (the target; its Configuration
+//! `payments-acl` lets `checkout` POST /refund and GET /orders/**, nothing else), `checkout`
+//! and `mallory` (callers whose sidecar API the test reaches at the pod IP, as the app itself
+//! does on localhost), and `attacker`, a pod with no sidecar. The target's request counter
+//! (`GET /requests` on the app's own port) shows what reached the app.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    HttpClient, Load, TESTAPP_IMAGE, WAIT, create_deployment, deployment, http_client, kubectl,
+    mesh::{MeshOptions, with_mesh_options},
+    pod_ip, ready_pods, send,
+};
+use ferry_api::{AppId, Namespace as NamespaceName};
+use ferry_e2e::eventually;
+use ferry_identity::{
+    Credentials, TrustBundle,
+    sentry::{Proof, SentryClient, TokenValidator, sentry_id},
+};
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec, BoundObjectReference},
+    core::v1::{ConfigMap, Namespace, Pod, ServiceAccount},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+const ACL: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: payments-acl
+spec:
+  accessControl:
+    defaultAction: deny
+    trustDomain: "public"
+    policies:
+    - appId: checkout
+      defaultAction: deny
+      trustDomain: "public"
+      namespace: "NAMESPACE"
+      operations:
+      - name: /refund
+        httpVerb: ["POST"]
+        action: allow
+      - name: /orders/**
+        httpVerb: ["GET"]
+        action: allow
+"#;
+
+/// [`ACL`] with GET /refund allowed too.
+fn acl_with_get_refund(ns: &str) -> String {
+    ACL.replace("NAMESPACE", ns)
+        .replace(r#"httpVerb: ["POST"]"#, r#"httpVerb: ["POST", "GET"]"#)
+}
+
+async fn app_requests(http: &HttpClient, payments_ip: &str) -> u64 {
+    let a = send(
+        http,
+        "GET",
+        &format!("http://{payments_ip}:8080/requests"),
+        &[],
+        "",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    serde_json::from_str::<Value>(&a.body).unwrap()["count"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Calls `method` `/v1.0/invoke/payments/method/<path>` through the sidecar at `sidecar`.
+async fn invoke(
+    http: &HttpClient,
+    sidecar: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> common::Answer {
+    send(
+        http,
+        method,
+        &format!("{sidecar}/v1.0/invoke/payments/method/{path}"),
+        headers,
+        "",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{method} {path} via {sidecar}: {e}"))
+}
+
+async fn caller(client: &Client, ns: &str, name: &str) -> String {
+    let d = deployment(
+        name,
+        TESTAPP_IMAGE,
+        name,
+        8080,
+        1,
+        json!([]),
+        &[("dapr.io/sidecar-listen-addresses", "0.0.0.0")],
+    );
+    create_deployment(client, ns, &d).await;
+    let pods = ready_pods(client, ns, name, 1).await;
+    format!("http://{}:3500", pod_ip(&pods[0]))
+}
+
+#[tokio::test]
+#[ignore = "needs the Tier-1 cluster: make e2e"]
+async fn the_attack_fails_and_dapr_access_control_holds_on_verified_identities() {
+    let options = MeshOptions {
+        mtls: true,
+        ..Default::default()
+    };
+    with_mesh_options(1, options, |client, mesh, namespaces| async move {
+        let ns = namespaces[0].clone();
+        let http = http_client();
+        kubectl(&["apply", "-n", &ns, "-f", "-"], &ACL.replace("NAMESPACE", &ns)).unwrap();
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": "payments"}})).unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+        let mut payments = deployment(
+            "payments",
+            TESTAPP_IMAGE,
+            "payments",
+            8080,
+            1,
+            json!([]),
+            &[("dapr.io/config", "payments-acl")],
+        );
+        payments
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .service_account_name = Some("payments".into());
+        create_deployment(&client, &ns, &payments).await;
+        let checkout = caller(&client, &ns, "checkout").await;
+        let mallory = caller(&client, &ns, "mallory").await;
+        let payments_pod = ready_pods(&client, &ns, "payments", 1).await.remove(0);
+        let payments_ip = pod_ip(&payments_pod);
+
+        // Each sidecar has its SPIFFE ID from the cluster's CA.
+        let meta = send(&http, "GET", &format!("{checkout}/v1.0/metadata"), &[], "", WAIT)
+            .await
+            .unwrap();
+        let meta: Value = serde_json::from_str(&meta.body).unwrap();
+        assert_eq!(
+            meta["extended"]["spiffeID"],
+            format!("spiffe://public/ns/{ns}/checkout"),
+            "{meta}"
+        );
+
+        // The allowed call: the app sees the caller the certificate names.
+        let body = common::call_until(
+            &http,
+            "POST",
+            &format!("{checkout}/v1.0/invoke/payments/method/refund"),
+            &[("dapr-caller-app-id", "forged")],
+            "",
+            200,
+        )
+        .await;
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["path"], "/refund");
+        assert_eq!(seen["headers"]["dapr-caller-app-id"], "checkout", "{seen}");
+        assert_eq!(seen["headers"]["dapr-caller-namespace"], ns.as_str(), "{seen}");
+        let a = invoke(&http, &checkout, "GET", "orders/17", &[]).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+
+        // Denied, verb by verb and path by path, and never delivered.
+        let before = app_requests(&http, &payments_ip).await;
+        for (who, sidecar, method, path, headers) in [
+            ("checkout", &checkout, "GET", "refund", &[][..]),
+            ("checkout", &checkout, "DELETE", "refund", &[][..]),
+            ("checkout", &checkout, "POST", "admin", &[][..]),
+            ("checkout", &checkout, "POST", "refund/../admin", &[][..]),
+            ("checkout", &checkout, "POST", "refund/%2e%2e/admin", &[][..]),
+            ("checkout", &checkout, "POST", "refund/%2E%2E/%2E%2E/admin", &[][..]),
+            ("checkout", &checkout, "GET", "orders/../admin", &[][..]),
+            ("checkout", &checkout, "POST", "orders/17", &[][..]),
+            // Another app's sidecar with forged caller headers: its own identity is judged.
+            (
+                "mallory",
+                &mallory,
+                "POST",
+                "refund",
+                &[
+                    ("dapr-caller-app-id", "checkout"),
+                    ("dapr-caller-namespace", ns.as_str()),
+                ][..],
+            ),
+        ] {
+            let a = invoke(&http, sidecar, method, path, headers).await;
+            assert_eq!(a.status, 403, "{who} {method} {path}: {}", a.body);
+            let err: Value = serde_json::from_str(&a.body)
+                .unwrap_or_else(|e| panic!("{who} {method} {path}: {e}: {}", a.body));
+            assert_eq!(err["errorCode"], "ERR_DIRECT_INVOKE", "{}", a.body);
+            assert!(
+                err["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("access control policy has denied access"),
+                "{}",
+                a.body
+            );
+        }
+
+        // The issue's attack, straight at the internal port: from a pod without a sidecar,
+        // and from mallory's own app (beside its sidecar), with the forged headers.
+        let attacker: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "attacker"},
+            "spec": {"containers": [{"name": "app", "image": TESTAPP_IMAGE}]},
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &attacker)
+            .await
+            .unwrap();
+        let attacker_ip = eventually("the attacker pod to be ready", WAIT, || async {
+            let p = Api::<Pod>::namespaced(client.clone(), &ns)
+                .get("attacker")
+                .await
+                .map_err(|e| e.to_string())?;
+            if common::pod_ready(&p) {
+                Ok(pod_ip(&p))
+            } else {
+                Err("not ready".into())
+            }
+        })
+        .await;
+        let mallory_app = mallory.replace(":3500", ":8080");
+        for from in [format!("http://{attacker_ip}:8080"), mallory_app] {
+            for target in [
+                format!("http://{payments_ip}:50002/refund"),
+                format!("http://{payments_ip}:50002/v1.0/invoke/payments/method/refund"),
+            ] {
+                let url = format!(
+                    "{from}/fetch?method=POST&header=dapr-caller-app-id:checkout&url={}",
+                    percent(&target)
+                );
+                let a = send(&http, "GET", &url, &[], "", Duration::from_secs(15))
+                    .await
+                    .unwrap();
+                let r: Value = serde_json::from_str(&a.body).unwrap();
+                assert!(
+                    a.status != 200 || r["status"] != 200,
+                    "plaintext to {target} from {from} got through: {}",
+                    a.body
+                );
+            }
+        }
+        assert_eq!(
+            app_requests(&http, &payments_ip).await,
+            before,
+            "no refused call reached the app"
+        );
+
+        // A policy change applies to the running sidecar within a second or so, with calls
+        // going on.
+        let load = Load::start(
+            http.clone(),
+            format!("{checkout}/v1.0/invoke/payments/method/orders/1"),
+            4,
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        kubectl(&["apply", "-n", &ns, "-f", "-"], &acl_with_get_refund(&ns)).unwrap();
+        let applied = std::time::Instant::now();
+        eventually("GET /refund to be allowed", Duration::from_secs(10), || async {
+            let a = invoke(&http, &checkout, "GET", "refund", &[]).await;
+            (a.status == 200).then_some(()).ok_or(format!("{}: {}", a.status, a.body))
+        })
+        .await;
+        let took = applied.elapsed();
+        let report = load.stop().await;
+        assert_eq!(report.failed, 0, "{report}");
+        assert!(report.ok > 0, "{report}");
+        eprintln!("policy change applied in {took:?}; calls meanwhile: {report}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+
+        ca_refusals(&client, &mesh.cp, mesh.ca.as_deref().unwrap(), &ns).await;
+    })
+    .await;
+}
+
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A pod the process kubelet never runs (stored only), annotated as `annotations` say.
+async fn stored_pod(client: &Client, ns: &str, name: &str, sa: &str, annotations: Value) -> Pod {
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "serviceAccountName": sa,
+            "schedulingGates": [{"name": "ferry.dev/e2e-stored-only"}],
+            "containers": [{"name": "app", "image": TESTAPP_IMAGE}],
+        },
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap()
+}
+
+/// A token of `pod`'s service account, bound to it, for `audience`.
+async fn token(client: &Client, ns: &str, pod: &Pod, audience: &str) -> String {
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_owned()]),
+            expiration_seconds: Some(600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.metadata.uid.clone(),
+            }),
+        }),
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(&sa, &PostParams::default(), &req)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap()
+}
+
+/// The CA refuses whoever is not who they claim, naming why.
+async fn ca_refusals(client: &Client, cp: &str, ca: &str, ns: &str) {
+    let bundle: ConfigMap = Api::namespaced(client.clone(), ns)
+        .get("dapr-trust-bundle")
+        .await
+        .expect("the CA published the trust bundle in the app namespace");
+    let pem = bundle.data.unwrap()["ca.crt"].clone();
+    let sentry = sentry_id(
+        &"cluster.local".parse().unwrap(),
+        &NamespaceName::new(cp).unwrap(),
+    );
+    let audience = sentry.uri();
+    let ca_client = SentryClient::new(
+        ca,
+        sentry,
+        Credentials::new(TrustBundle::from_pem(&pem).unwrap()),
+    );
+    let ns_name = NamespaceName::new(ns).unwrap();
+    let ask = |app: &str, token: String| {
+        let (ca_client, ns_name, app) = (ca_client.clone(), ns_name.clone(), app.to_owned());
+        async move {
+            ca_client
+                .request(
+                    &AppId::new(app).unwrap(),
+                    &ns_name,
+                    &Proof {
+                        token,
+                        validator: TokenValidator::Kubernetes,
+                    },
+                )
+                .await
+        }
+    };
+    let refused = |r: Result<ferry_identity::Svid, ferry_identity::sentry::SentryError>,
+                   want: &str| {
+        let e = r.map(|s| s.id.to_string()).expect_err("refused").to_string();
+        assert!(e.contains(want), "want {want:?} in: {e}");
+    };
+
+    // A control: a pod of payments, running as its service account, with a Configuration
+    // naming another trust domain, gets its certificate in that trust domain.
+    kubectl(
+        &["apply", "-n", ns, "-f", "-"],
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: other-td\nspec:\n  accessControl:\n    trustDomain: example.org\n",
+    )
+    .unwrap();
+    let good = stored_pod(
+        client,
+        ns,
+        "payments-extra",
+        "payments",
+        json!({"dapr.io/app-id": "payments", "dapr.io/config": "other-td"}),
+    )
+    .await;
+    let svid = ask("payments", token(client, ns, &good, &audience).await)
+        .await
+        .expect("a pod that is who it says gets a certificate");
+    assert_eq!(svid.id.to_string(), format!("spiffe://example.org/ns/{ns}/payments"));
+
+    // Wrong audience.
+    refused(
+        ask("payments", token(client, ns, &good, "https://kubernetes.default.svc").await).await,
+        "the token is not valid for audience",
+    );
+    // A pod claiming another app ID.
+    refused(
+        ask("checkout", token(client, ns, &good, &audience).await).await,
+        "app-id mismatch. expected: payments, received: checkout",
+    );
+    // A deleted pod's token.
+    let ghost = stored_pod(client, ns, "ghost", "payments", json!({"dapr.io/app-id": "payments"})).await;
+    let ghost_token = token(client, ns, &ghost, &audience).await;
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .delete("ghost", &Default::default())
+        .await
+        .unwrap();
+    eventually("the ghost pod to be gone", WAIT, || async {
+        match Api::<Pod>::namespaced(client.clone(), ns).get_opt("ghost").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|p| p.is_some()))),
+        }
+    })
+    .await;
+    refused(ask("payments", ghost_token).await, "not valid");
+    // A service account the namespace does not bind to the app ID (Ferry's rule).
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "ferry.dev/app-service-accounts": "payments=payments"
+            }}})),
+        )
+        .await
+        .unwrap();
+    let rogue = stored_pod(client, ns, "rogue", "default", json!({"dapr.io/app-id": "payments"})).await;
+    refused(
+        ask("payments", token(client, ns, &rogue, &audience).await).await,
+        "app ID payments is bound to service account payments",
+    );
+    ask("payments", token(client, ns, &good, &audience).await)
+        .await
+        .expect("the bound service account still gets its certificate");
+}
