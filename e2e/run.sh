@@ -25,6 +25,8 @@ if ! flock -n 9; then
 fi
 
 bash e2e/controlplane/build.sh
+# The sample apps' images (e2e/images.yaml) run from the samples' own dependency folders.
+bash deploy/samples/demo.sh --deps
 # Every binary: the kubelet and the test app, and what pods run (ferryd, ferry-operator).
 "$CARGO" build --quiet --workspace --bins
 "$CARGO" test --quiet -p ferry-e2e --no-run

@@ -4,6 +4,7 @@
 #
 #   bash deploy/samples/demo.sh           # run the demo, print every call and its answer
 #   bash deploy/samples/demo.sh --check   # same, but assert every answer; non-zero on mismatch
+#   bash deploy/samples/demo.sh --deps    # only step 1 (what the Tier-1 tests' sample images run)
 #
 # What it does:
 #   1. installs the samples' dependencies into git-ignored folders, only when missing or
@@ -37,15 +38,17 @@ SAMPLES="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$SAMPLES/../.." && pwd)"
 
 CHECK=0
+DEPS_ONLY=0
 case "${1:-}" in
   --check) CHECK=1 ;;
+  --deps) DEPS_ONLY=1 ;;
   "") ;;
   -h | --help)
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
     exit 0
     ;;
   *)
-    echo "demo.sh: unknown argument '$1' (use --check or nothing)" >&2
+    echo "demo.sh: unknown argument '$1' (use --check, --deps or nothing)" >&2
     exit 2
     ;;
 esac
@@ -159,7 +162,7 @@ need python3 "needed for the cart and caller samples"
 need node "needed for the mathService sample"
 need npm "needed to install the mathService sample's dependencies"
 for port in "$CART_APP_PORT" "$MATH_APP_PORT" "$CART_HTTP_PORT" "$MATH_HTTP_PORT" "$CALLER_HTTP_PORT"; do
-  if port_in_use "$port"; then
+  if [[ $DEPS_ONLY == 0 ]] && port_in_use "$port"; then
     die "port $port is already in use; pick other ports with DEMO_CART_APP_PORT, DEMO_MATH_APP_PORT, DEMO_CART_HTTP_PORT, DEMO_MATH_HTTP_PORT, DEMO_CALLER_HTTP_PORT"
   fi
 done
@@ -192,6 +195,10 @@ else
   (cd "$SAMPLES/mathService" && npm ci --no-audit --no-fund --loglevel=error) ||
     die "npm ci in deploy/samples/mathService failed"
   printf '%s\n' "$want" >"$NODE_STAMP"
+fi
+
+if [[ $DEPS_ONLY == 1 ]]; then
+  exit 0
 fi
 
 # ---------------------------------------------------------------------------- 2. ferry

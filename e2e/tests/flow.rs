@@ -16,17 +16,12 @@ use std::time::Duration;
 
 use common::mesh::with_mesh;
 use common::{
-    Load, TESTAPP_IMAGE, WAIT, call_until, client_app, create_deployment, deployment,
-    http_client, kubectl, pod_ip, pod_log, ready_pods, samples_across_namespaces, scale,
+    Load, TESTAPP_IMAGE, WAIT, call_until, client_app, create_deployment, deployment, http_client,
+    kubectl, pod_ip, pod_log, ready_pods, samples_across_namespaces, scale,
 };
 use ferry_e2e::{eventually, http_get, run};
-use k8s_openapi::api::{
-    core::v1::{Event, Pod},
-};
-use kube::{
-    Api, ResourceExt,
-    api::ListParams,
-};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::{Api, ResourceExt, api::ListParams};
 use serde_json::json;
 
 // === the tests ===

@@ -27,8 +27,8 @@ use std::{
 
 use base64::Engine as _;
 use common::{cache_dir, kubectl};
-use ferry_e2e::{ClusterEnv, eventually, repo_root};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use ferry_e2e::{ClusterEnv, eventually, http_get, repo_root};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -922,6 +922,7 @@ async fn tear_down(client: &Client, ns: &str, namespaces: &[String]) {
     let _ = bindings.delete_collection(&Default::default(), &lp).await;
     // The operator's own binding, if it had no time to remove it.
     let _ = bindings.delete("ferry-sidecar", &Default::default()).await;
+    common::remove_trust_bundles(client).await;
     let mut all = namespaces.to_vec();
     all.push(ns.to_owned());
     common::delete_namespaces(client, &all).await;
@@ -1158,7 +1159,10 @@ fn existing_crds() -> Vec<String> {
 #[ignore = "needs the Tier-1 cluster: make e2e"]
 async fn helm_install_serves_the_scenario_upgrades_under_load_and_uninstalls_cleanly() {
     with_release("helm", |client, ns| async move {
-        let values = test_values(&ns, "");
+        // Plaintext between sidecars here: the upgrade replaces every operator pod, and the
+        // process kubelet routes no Service (no kube-proxy, no cluster DNS), so new pods could
+        // not reach the CA at `ferry-ca.<ns>.svc`. The chart's mTLS is the next test's.
+        let values = test_values(&ns, "mtls:\n  enabled: false\n");
         install_as_readme_says(&client, &ns, &values).await;
 
         let apps = common::create_app_namespaces(&client, &ns, 2).await;
@@ -1187,6 +1191,133 @@ async fn helm_install_serves_the_scenario_upgrades_under_load_and_uninstalls_cle
         let mut gone = apps.clone();
         gone.push(other);
         uninstall_leaves_only_the_crds(&client, &ns, &gone).await;
+    })
+    .await;
+}
+
+/// The chart's default, mTLS: the operator's replicas serve the CA behind the `ferry-ca`
+/// Service, generate its Secret and publish the trust bundle; injected sidecars get their
+/// SPIFFE certificates and call each other over mTLS.
+///
+/// The process kubelet routes no Service, so after the install the injector is told the CA's
+/// address as an operator pod's IP (`mtls.sentryAddress`, as a user would to use another CA);
+/// sidecars check the CA by its SPIFFE ID, not by its address.
+#[tokio::test]
+#[ignore = "needs the Tier-1 cluster: make e2e"]
+async fn helm_install_with_mtls_issues_certificates_to_injected_sidecars() {
+    with_release("helm-mtls", |client, ns| async move {
+        let values = test_values(&ns, "");
+        install_as_readme_says(&client, &ns, &values).await;
+        let secret: k8s_openapi::api::core::v1::Secret = Api::namespaced(client.clone(), &ns)
+            .get("dapr-trust-bundle")
+            .await
+            .unwrap();
+        let data = secret.data.unwrap();
+        for key in ["ca.crt", "issuer.crt", "issuer.key"] {
+            assert!(data.contains_key(key), "the generated Secret has {key}");
+        }
+        let svc: Service = Api::namespaced(client.clone(), &ns)
+            .get("ferry-ca")
+            .await
+            .unwrap();
+        let port = &svc.spec.unwrap().ports.unwrap()[0];
+        assert_eq!(
+            (port.port, port.target_port.clone()),
+            (
+                443,
+                Some(
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("ca".into())
+                )
+            )
+        );
+        let operators = settled(&client, &ns, "operator", 2).await;
+        let ca = format!("{}:50001", common::pod_ip(&operators[0]));
+        helm_cluster(&[
+            "upgrade",
+            RELEASE,
+            "charts/ferry",
+            "-n",
+            &ns,
+            "-f",
+            values.to_str().unwrap(),
+            "--set",
+            &format!("mtls.sentryAddress={ca}"),
+            "--wait",
+            "--timeout",
+            "3m",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        settled(&client, &ns, "injector", 2).await;
+
+        let apps = common::create_app_namespaces(&client, &ns, 1).await;
+        let anchors = String::from_utf8(data["ca.crt"].0.clone()).unwrap();
+        eventually(
+            "the trust bundle in the app namespace",
+            common::WAIT,
+            || async {
+                let cm: Option<k8s_openapi::api::core::v1::ConfigMap> =
+                    Api::namespaced(client.clone(), &apps[0])
+                        .get_opt("dapr-trust-bundle")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                let got = cm.and_then(|c| c.data).and_then(|mut d| d.remove("ca.crt"));
+                (got.as_deref() == Some(anchors.as_str()))
+                    .then_some(())
+                    .ok_or(format!("{got:?}"))
+            },
+        )
+        .await;
+        let sidecar = common::client_app(&client, &apps[0]).await;
+        let echo = common::deployment(
+            "echo",
+            common::TESTAPP_IMAGE,
+            "echo",
+            8080,
+            1,
+            json!([]),
+            &[],
+        );
+        common::create_deployment(&client, &apps[0], &echo).await;
+        common::ready_pods(&client, &apps[0], "echo", 1).await;
+        let body = common::call_until(
+            &common::http_client(),
+            "GET",
+            &format!("{sidecar}/v1.0/invoke/echo/method/whoami"),
+            &[],
+            "",
+            200,
+        )
+        .await;
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["headers"]["dapr-caller-app-id"], "client", "{seen}");
+        let (_, meta) = http_get(&format!("{sidecar}/v1.0/metadata"), common::WAIT)
+            .await
+            .unwrap();
+        let meta: Value = serde_json::from_str(&meta).unwrap();
+        assert_eq!(
+            meta["extended"]["spiffeID"],
+            format!("spiffe://public/ns/{}/client", apps[0]),
+            "{meta}"
+        );
+        // The CA's own metrics, with Dapr Sentry's names, summed over the replicas.
+        let mut signed = 0;
+        for op in &operators {
+            let (_, text) = http_get(
+                &format!("http://{}:8080/metrics", common::pod_ip(op)),
+                common::WAIT,
+            )
+            .await
+            .unwrap();
+            signed += text
+                .lines()
+                .find_map(|l| l.strip_prefix("dapr_sentry_cert_sign_success_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        assert!(
+            signed >= 2,
+            "both sidecars' certificates were signed: {signed}"
+        );
     })
     .await;
 }

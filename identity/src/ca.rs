@@ -185,7 +185,10 @@ impl Authority {
     /// [`Authority::new`] already ruled out).
     pub fn issuer_not_after(&self) -> Option<SystemTime> {
         use x509_parser::prelude::{FromDer, X509Certificate};
-        let der = crate::trust::certificates(&self.issuer_pem).ok()?.into_iter().next()?;
+        let der = crate::trust::certificates(&self.issuer_pem)
+            .ok()?
+            .into_iter()
+            .next()?;
         let (_, cert) = X509Certificate::from_der(&der).ok()?;
         let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
         Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))

@@ -99,7 +99,11 @@ pub struct Args {
 
     /// The control plane's trust domain: the CA's SPIFFE ID is
     /// spiffe://<this>/ns/<operator namespace>/dapr-sentry.
-    #[arg(long, env = "FERRY_CONTROL_PLANE_TRUST_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        long,
+        env = "FERRY_CONTROL_PLANE_TRUST_DOMAIN",
+        default_value = "cluster.local"
+    )]
     pub control_plane_trust_domain: ferry_api::TrustDomain,
 
     /// Lifetime of the workload certificates the CA signs (Dapr's default: 24h; e.g. 90s, 30m).

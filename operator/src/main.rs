@@ -10,8 +10,8 @@ use clap::Parser;
 use ferry_api::usage::{EX_USAGE, exit_on_clap_error};
 use ferry_operator::{
     admin::{self, Health},
-    ca,
     args::{Args, LogFormat},
+    ca,
     lease::{Elector, LeaseConfig},
     metrics::Metrics,
     runtime::{self, Settings},

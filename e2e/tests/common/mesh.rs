@@ -14,13 +14,12 @@ use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     core::v1::{Namespace, Pod, Service},
 };
-use kube::{
-    Api, Client, ResourceExt,
-    api::PostParams,
-};
+use kube::{Api, Client, ResourceExt, api::PostParams};
 use serde_json::json;
 
-use super::{MESH_LABEL, WAIT, create_app_namespaces, delete_namespaces, pod_ip, pod_log, pod_ready};
+use super::{
+    MESH_LABEL, WAIT, create_app_namespaces, delete_namespaces, pod_ip, pod_log, pod_ready,
+};
 
 pub const OPERATOR_IMAGE: &str = "ghcr.io/ferry-dev/ferry-operator:dev";
 pub const INJECTOR_IMAGE: &str = "ghcr.io/ferry-dev/ferry-injector:dev";
@@ -60,9 +59,15 @@ where
         let mesh = Mesh::install(&client, &cp, &options).await;
         let names = create_app_namespaces(&client, &cp, apps).await;
         let outcome = tokio::spawn(test(client.clone(), mesh.clone(), names.clone())).await;
-        delete_namespaces(&client, &names).await;
-        if let Err(e) = outcome {
+        if outcome.is_err() {
             mesh.print_logs();
+        }
+        delete_namespaces(&client, &names).await;
+        if mesh.ca.is_some() {
+            mesh.stop_operator(&client).await;
+            super::remove_trust_bundles(&client).await;
+        }
+        if let Err(e) = outcome {
             if e.is_panic() {
                 std::panic::resume_unwind(e.into_panic());
             }
@@ -178,13 +183,21 @@ impl Mesh {
         }))
         .unwrap();
         let mut operator = operator;
-        let env = operator.spec.as_mut().unwrap().containers[0].env.as_mut().unwrap();
+        let env = operator.spec.as_mut().unwrap().containers[0]
+            .env
+            .as_mut()
+            .unwrap();
         for (name, value) in &options.operator_env {
             env.push(serde_json::from_value(json!({"name": name, "value": value})).unwrap());
         }
         let pods: Api<Pod> = Api::namespaced(client.clone(), cp);
-        let mut mesh = Self { cp: cp.to_owned(), ca: None };
-        pods.create(&PostParams::default(), &operator).await.unwrap();
+        let mut mesh = Self {
+            cp: cp.to_owned(),
+            ca: None,
+        };
+        pods.create(&PostParams::default(), &operator)
+            .await
+            .unwrap();
         let operator = mesh.wait_ready(&pods, "ferry-operator").await;
         let mut mtls_args: Vec<String> = Vec::new();
         if options.mtls {
@@ -221,9 +234,24 @@ impl Mesh {
             .as_mut()
             .unwrap()
             .extend(mtls_args);
-        pods.create(&PostParams::default(), &injector).await.unwrap();
+        pods.create(&PostParams::default(), &injector)
+            .await
+            .unwrap();
         mesh.wait_ready(&pods, "ferry-injector").await;
         mesh
+    }
+
+    /// Deletes the operator pod and waits until it is gone (so it writes nothing more).
+    pub async fn stop_operator(&self, client: &Client) {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &self.cp);
+        let _ = pods.delete("ferry-operator", &Default::default()).await;
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            if matches!(pods.get_opt("ferry-operator").await, Ok(None)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn wait_ready(&self, pods: &Api<Pod>, name: &str) -> Pod {
@@ -258,4 +286,3 @@ impl Mesh {
         }
     }
 }
-

@@ -121,6 +121,28 @@ pub async fn delete_namespaces(client: &Client, names: &[String]) {
     }
 }
 
+/// Removes the trust bundle ConfigMaps a CA published in every namespace (README's uninstall
+/// step); call it once the operators that write them are gone.
+pub async fn remove_trust_bundles(client: &Client) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let lp = ListParams::default()
+        .fields("metadata.name=dapr-trust-bundle")
+        .labels("app.kubernetes.io/managed-by=ferry-operator");
+    let Ok(list) = Api::<ConfigMap>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+    else {
+        return;
+    };
+    for cm in list.items {
+        if let Some(ns) = cm.metadata.namespace.as_deref() {
+            let _ = Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .delete("dapr-trust-bundle", &Default::default())
+                .await;
+        }
+    }
+}
+
 // === pods ===
 
 /// The logs of every run of `container` in pods named `pod` (the kubelet's log files).

@@ -68,7 +68,11 @@ pub async fn publish(client: &Client, pem: &str) -> Result<usize, kube::Error> {
         {
             Ok(_) => written += 1,
             // The namespace went away (or is terminating) since the list.
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 && e.reason == "Forbidden" && e.message.contains("terminat") => {}
+            Err(kube::Error::Api(e))
+                if e.code == 404
+                    || e.code == 403
+                        && e.reason == "Forbidden"
+                        && e.message.contains("terminat") => {}
             Err(e) => return Err(e),
         }
     }

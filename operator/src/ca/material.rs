@@ -75,7 +75,9 @@ pub fn from_secret(name: &str, secret: &Secret) -> Result<Material, MaterialErro
         match (text(cert)?, text(key)?) {
             (Some(c), Some(k)) => Ok(Some((c, k))),
             (None, None) => Ok(None),
-            _ => Err(invalid(format!("{cert} and {key} go together: one is missing"))),
+            _ => Err(invalid(format!(
+                "{cert} and {key} go together: one is missing"
+            ))),
         }
     };
     let (issuer_cert, issuer_key) = match pair(ISSUER_CERT, ISSUER_KEY)? {
@@ -127,7 +129,10 @@ pub async fn load_or_create(
             ..Default::default()
         },
         data: Some(BTreeMap::from([
-            (ROOTS.to_owned(), ByteString(generated.root_cert.into_bytes())),
+            (
+                ROOTS.to_owned(),
+                ByteString(generated.root_cert.into_bytes()),
+            ),
             (
                 ISSUER_CERT.to_owned(),
                 ByteString(generated.issuer_cert.into_bytes()),
@@ -172,11 +177,24 @@ mod tests {
 
     #[test]
     fn dapr_and_cert_manager_layouts_are_read() {
-        let m = from_secret("ns/s", &secret(&[("ca.crt", "R"), ("issuer.crt", "C"), ("issuer.key", "K")]))
-            .unwrap();
-        assert_eq!((m.roots.as_str(), m.issuer_cert.as_str(), m.issuer_key.as_str()), ("R", "C", "K"));
-        let m = from_secret("ns/s", &secret(&[("ca.crt", "R"), ("tls.crt", "C"), ("tls.key", "K")]))
-            .unwrap();
+        let m = from_secret(
+            "ns/s",
+            &secret(&[("ca.crt", "R"), ("issuer.crt", "C"), ("issuer.key", "K")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                m.roots.as_str(),
+                m.issuer_cert.as_str(),
+                m.issuer_key.as_str()
+            ),
+            ("R", "C", "K")
+        );
+        let m = from_secret(
+            "ns/s",
+            &secret(&[("ca.crt", "R"), ("tls.crt", "C"), ("tls.key", "K")]),
+        )
+        .unwrap();
         assert_eq!((m.issuer_cert.as_str(), m.issuer_key.as_str()), ("C", "K"));
     }
 
@@ -185,8 +203,14 @@ mod tests {
         let cases: [(&[(&str, &str)], &str); 4] = [
             (&[("issuer.crt", "C"), ("issuer.key", "K")], "no ca.crt"),
             (&[("ca.crt", "R")], "no issuer"),
-            (&[("ca.crt", "R"), ("issuer.crt", "C")], "issuer.crt and issuer.key go together"),
-            (&[("ca.crt", "R"), ("tls.key", "K")], "tls.crt and tls.key go together"),
+            (
+                &[("ca.crt", "R"), ("issuer.crt", "C")],
+                "issuer.crt and issuer.key go together",
+            ),
+            (
+                &[("ca.crt", "R"), ("tls.key", "K")],
+                "tls.crt and tls.key go together",
+            ),
         ];
         for (pairs, want) in cases {
             let e = from_secret("ns/s", &secret(pairs)).unwrap_err().to_string();

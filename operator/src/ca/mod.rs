@@ -146,6 +146,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(RELOAD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut published: Option<String> = None;
+    let mut reissue = false;
     loop {
         tokio::select! {
             served = &mut serve => {
@@ -172,7 +173,7 @@ pub async fn run(
                         metrics.ca.issuer_changed.inc();
                         metrics.ca.issuer_loaded(&a);
                         authority.store(Arc::new(a));
-                        serving_issued -= settings.workload_ttl; // re-issue below
+                        reissue = true;
                     }
                     Err(e) => warn!(
                         "the CA's Secret changed but cannot be used: {e:#}; still signing with the previous material"
@@ -184,14 +185,17 @@ pub async fn run(
             Err(e) => warn!(secret = %full, "cannot read the CA's Secret: {e}"),
         }
         // 2. The serving certificate, at half its life or after an issuer change.
-        if serving_issued.elapsed() >= settings.workload_ttl / 2 {
+        if reissue || serving_issued.elapsed() >= settings.workload_ttl / 2 {
             match authority
                 .load()
                 .serving_certificate(&sentry_id, &settings.dns_names())
                 .map_err(anyhow::Error::from)
                 .and_then(|(chain, key)| serving.set(chain, &key).map_err(anyhow::Error::from))
             {
-                Ok(()) => serving_issued = Instant::now(),
+                Ok(()) => {
+                    serving_issued = Instant::now();
+                    reissue = false;
+                }
                 Err(e) => {
                     metrics.ca.server_cert_failed.inc();
                     warn!("cannot renew the CA's serving certificate: {e:#}");
@@ -209,7 +213,10 @@ pub async fn run(
             }
             Err(e) => {
                 metrics.ca.bundle_errors.inc();
-                warn!("cannot publish the trust bundle {}: {e}", bundle::CONFIG_MAP);
+                warn!(
+                    "cannot publish the trust bundle {}: {e}",
+                    bundle::CONFIG_MAP
+                );
             }
         }
     }
@@ -220,14 +227,18 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 fn authority_of(m: &material::Material, settings: &Settings) -> anyhow::Result<Authority> {
-    Authority::new(&m.issuer_cert, &m.issuer_key, &m.roots, settings.workload_ttl).with_context(
-        || {
-            format!(
-                "Secret {}/{} holds no usable issuer and roots",
-                settings.namespace, settings.secret
-            )
-        },
+    Authority::new(
+        &m.issuer_cert,
+        &m.issuer_key,
+        &m.roots,
+        settings.workload_ttl,
     )
+    .with_context(|| {
+        format!(
+            "Secret {}/{} holds no usable issuer and roots",
+            settings.namespace, settings.secret
+        )
+    })
 }
 
 /// Seconds since the epoch, for the expiry gauge.

@@ -71,7 +71,10 @@ impl KubernetesValidator {
             .map_err(|e| Refusal(format!("cannot review the token with the API server: {e}")))?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
-            let why = status.error.filter(|e| !e.is_empty()).unwrap_or_else(|| "not authenticated".into());
+            let why = status
+                .error
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| "not authenticated".into());
             return refuse(format!(
                 "the token is not valid for audience {}: {why}",
                 self.audience
@@ -102,7 +105,9 @@ impl KubernetesValidator {
             .await
             .map_err(|e| Refusal(format!("cannot read pod {sa_namespace}/{pod_name}: {e}")))?;
         let Some(pod) = pod else {
-            return refuse(format!("pod {sa_namespace}/{pod_name} of the token does not exist"));
+            return refuse(format!(
+                "pod {sa_namespace}/{pod_name} of the token does not exist"
+            ));
         };
         if pod_uid.is_some() && pod.metadata.uid != pod_uid {
             return refuse(format!(
@@ -219,7 +224,11 @@ fn service_account_of(username: &str) -> Option<(&str, &str)> {
 /// The value of [`APP_SERVICE_ACCOUNTS`]: app ID → the service accounts allowed to be it.
 pub fn parse_bindings(value: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for item in value.split([',', '\n']).map(str::trim).filter(|s| !s.is_empty()) {
+    for item in value
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let Some((app, sa)) = item.split_once('=') else {
             return Err(format!("{item:?} is not <app-id>=<service-account>"));
         };
@@ -242,7 +251,8 @@ fn is_subdomain(s: &str) -> bool {
             !p.is_empty()
                 && !p.starts_with('-')
                 && !p.ends_with('-')
-                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
@@ -256,7 +266,12 @@ mod tests {
             service_account_of("system:serviceaccount:prod:cart"),
             Some(("prod", "cart"))
         );
-        for bad in ["system:node:n1", "system:serviceaccount:prod", "system:serviceaccount::x", "alice"] {
+        for bad in [
+            "system:node:n1",
+            "system:serviceaccount:prod",
+            "system:serviceaccount::x",
+            "alice",
+        ] {
             assert_eq!(service_account_of(bad), None, "{bad}");
         }
     }
@@ -268,7 +283,10 @@ mod tests {
         assert_eq!(b["orders"], ["orders", "batch"]);
         assert!(parse_bindings("").unwrap().is_empty());
         let e = parse_bindings("cart").unwrap_err();
-        assert!(e.contains("\"cart\" is not <app-id>=<service-account>"), "{e}");
+        assert!(
+            e.contains("\"cart\" is not <app-id>=<service-account>"),
+            "{e}"
+        );
         let e = parse_bindings("cart=Bad_SA").unwrap_err();
         assert!(e.contains("service account \"Bad_SA\""), "{e}");
     }
