@@ -540,6 +540,30 @@ async fn sidecar_metric(http: &HttpClient, pod_ip: &str, metric: &str) -> u64 {
         .sum()
 }
 
+/// Two `payments` pods and a `checkout` caller, with a call through between them: the
+/// checkout sidecar's URL, the invoke URL of `orders/1`, and the payments pods.
+async fn two_payments_and_checkout(
+    client: &Client,
+    http: &HttpClient,
+    ns: &str,
+) -> (String, String, Vec<Pod>) {
+    let payments = deployment(
+        "payments",
+        TESTAPP_IMAGE,
+        "payments",
+        8080,
+        2,
+        json!([]),
+        &[],
+    );
+    create_deployment(client, ns, &payments).await;
+    let checkout = caller(client, ns, "checkout").await;
+    let pods = ready_pods(client, ns, "payments", 2).await;
+    let url = format!("{checkout}/v1.0/invoke/payments/method/orders/1");
+    common::call_until(http, "GET", &url, &[], "", 200).await;
+    (checkout, url, pods)
+}
+
 /// Certificates of a minute renew under load with no failed call (at 70 % of their life,
 /// about every 42 s).
 #[tokio::test]
@@ -552,20 +576,7 @@ async fn short_lived_certificates_renew_under_load() {
     with_mesh_options(1, options, |client, mesh, namespaces| async move {
         let ns = namespaces[0].clone();
         let http = http_client();
-        let payments = deployment(
-            "payments",
-            TESTAPP_IMAGE,
-            "payments",
-            8080,
-            2,
-            json!([]),
-            &[],
-        );
-        create_deployment(&client, &ns, &payments).await;
-        let checkout = caller(&client, &ns, "checkout").await;
-        let callees = ready_pods(&client, &ns, "payments", 2).await;
-        let url = format!("{checkout}/v1.0/invoke/payments/method/orders/1");
-        common::call_until(&http, "GET", &url, &[], "", 200).await;
+        let (checkout, url, callees) = two_payments_and_checkout(&client, &http, &ns).await;
 
         let load = Load::start(http.clone(), url.clone(), 4);
         let checkout_ip = checkout
@@ -611,20 +622,7 @@ async fn calls_outlive_the_ca_and_a_new_pod_waits_saying_why() {
     with_mesh_options(1, options, |client, mesh, namespaces| async move {
         let ns = namespaces[0].clone();
         let http = http_client();
-        let payments = deployment(
-            "payments",
-            TESTAPP_IMAGE,
-            "payments",
-            8080,
-            2,
-            json!([]),
-            &[],
-        );
-        create_deployment(&client, &ns, &payments).await;
-        let checkout = caller(&client, &ns, "checkout").await;
-        ready_pods(&client, &ns, "payments", 2).await;
-        let url = format!("{checkout}/v1.0/invoke/payments/method/orders/1");
-        common::call_until(&http, "GET", &url, &[], "", 200).await;
+        let (_, url, _) = two_payments_and_checkout(&client, &http, &ns).await;
 
         // The CA goes away for a minute.
         mesh.stop_operator(&client).await;
@@ -840,21 +838,8 @@ async fn root_rotation_under_load_fails_no_call() {
     with_mesh_options(1, options, |client, mesh, namespaces| async move {
         let ns = namespaces[0].clone();
         let http = http_client();
-        let payments = deployment(
-            "payments",
-            TESTAPP_IMAGE,
-            "payments",
-            8080,
-            2,
-            json!([]),
-            &[],
-        );
-        create_deployment(&client, &ns, &payments).await;
-        let checkout = caller(&client, &ns, "checkout").await;
-        let mut pods = ready_pods(&client, &ns, "payments", 2).await;
+        let (_, url, mut pods) = two_payments_and_checkout(&client, &http, &ns).await;
         pods.extend(ready_pods(&client, &ns, "checkout", 1).await);
-        let url = format!("{checkout}/v1.0/invoke/payments/method/orders/1");
-        common::call_until(&http, "GET", &url, &[], "", 200).await;
 
         let secrets: Api<k8s_openapi::api::core::v1::Secret> =
             Api::namespaced(client.clone(), &mesh.cp);
