@@ -162,9 +162,20 @@ impl SentryClient {
         let resp = client
             .sign_certificate(Request::new(req))
             .await
-            .map_err(|status| SentryError::Refused {
-                code: status.code(),
-                message: status.message().to_owned(),
+            .map_err(|status| {
+                // A status tonic made from a failed connection is not the CA's answer.
+                let transport = matches!(
+                    status.code(),
+                    tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+                );
+                if let (true, Some(cause)) = (transport, std::error::Error::source(&status)) {
+                    connect_error(error_chain(cause))
+                } else {
+                    SentryError::Refused {
+                        code: status.code(),
+                        message: status.message().to_owned(),
+                    }
+                }
             })?;
         Ok(resp.into_inner())
     }

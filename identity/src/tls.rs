@@ -257,6 +257,21 @@ fn verifier(credentials: &Arc<Credentials>) -> Arc<PeerVerifier> {
     })
 }
 
+/// Every TLS connection here carries HTTP/2 (gRPC to the CA, calls between sidecars), and says so
+/// with ALPN `h2`, as RFC 9113 asks: gRPC-Go (Dapr's Sentry and daprd) refuses a TLS peer that
+/// negotiates no protocol.
+const ALPN_H2: &[u8] = b"h2";
+
+fn h2_server(mut config: ServerConfig) -> ServerConfig {
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config
+}
+
+fn h2_client(mut config: ClientConfig) -> ClientConfig {
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config
+}
+
 /// The internal port's config: a client certificate is required.
 pub fn server_config(credentials: &Arc<Credentials>) -> Arc<ServerConfig> {
     let config = ServerConfig::builder_with_provider(provider())
@@ -264,7 +279,7 @@ pub fn server_config(credentials: &Arc<Credentials>) -> Arc<ServerConfig> {
         .expect("ring supports the default protocol versions")
         .with_client_cert_verifier(verifier(credentials))
         .with_cert_resolver(Arc::new(Resolver(credentials.clone())));
-    Arc::new(config)
+    Arc::new(h2_server(config))
 }
 
 /// The config for connections to peer sidecars.
@@ -275,7 +290,7 @@ pub fn client_config(credentials: &Arc<Credentials>) -> Arc<ClientConfig> {
         .dangerous()
         .with_custom_certificate_verifier(verifier(credentials))
         .with_client_cert_resolver(Arc::new(Resolver(credentials.clone())));
-    Arc::new(config)
+    Arc::new(h2_client(config))
 }
 
 /// The config for the CA's clients: the CA's certificate must chain to the anchors; no client
@@ -287,7 +302,7 @@ pub fn sentry_client_config(credentials: &Arc<Credentials>) -> Arc<ClientConfig>
         .dangerous()
         .with_custom_certificate_verifier(verifier(credentials))
         .with_no_client_auth();
-    Arc::new(config)
+    Arc::new(h2_client(config))
 }
 
 /// A server certificate that can be replaced while serving (the CA's own, renewed before it
@@ -338,7 +353,7 @@ pub fn serving_config(cert: &Arc<ServingCert>) -> Arc<ServerConfig> {
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(cert.clone());
-    Arc::new(config)
+    Arc::new(h2_server(config))
 }
 
 /// A serving config with a fixed certificate (the CA's own), no client certificate asked.
@@ -351,5 +366,5 @@ pub fn fixed_server_config(
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(h2_server(config)))
 }
