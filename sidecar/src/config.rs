@@ -242,16 +242,18 @@ pub struct SidecarArgs {
     pub sentry_address: Option<String>,
 
     /// The CA's namespace: its certificate must be
-    /// spiffe://<control-plane-trust-domain>/ns/<this>/dapr-sentry.
-    #[arg(long, env = "FERRY_CONTROL_PLANE_NAMESPACE", default_value = "dapr-system",
+    /// spiffe://<control-plane-trust-domain>/ns/<this>/dapr-sentry. daprd's default and
+    /// environment variable (the injector passes the flag).
+    #[arg(long, env = "DAPR_CONTROLPLANE_NAMESPACE", default_value = "default",
           value_parser = parse_namespace)]
     pub control_plane_namespace: Namespace,
 
-    /// The CA's trust domain.
+    /// The CA's trust domain (daprd's default and environment variable; Dapr's Sentry defaults
+    /// to `localhost` too).
     #[arg(
         long,
-        env = "FERRY_CONTROL_PLANE_TRUST_DOMAIN",
-        default_value = "cluster.local"
+        env = "DAPR_CONTROLPLANE_TRUST_DOMAIN",
+        default_value = "localhost"
     )]
     pub control_plane_trust_domain: TrustDomain,
 
