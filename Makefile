@@ -1,7 +1,7 @@
 # Thin targets; the logic lives in Rust and in scripts. CI runs `make test` (.ci/run).
 CARGO ?= cargo
 
-.PHONY: all build demo test fmt fmt-check lint unit samples chart manifests clean cluster-build cluster-up cluster-down kubectl e2e crds bench bench-resolver images images-test shellcheck e2e-kind
+.PHONY: all build demo test fmt fmt-check lint unit samples chart manifests clean cluster-build cluster-up cluster-down kubectl e2e crds bench bench-resolver images images-test shellcheck e2e-kind dapr-build interop
 
 all: build
 
@@ -11,7 +11,7 @@ build: ## Build every binary (ferry, ferryd)
 demo: ## Two sample apps calling each other through sidecars, standalone
 	bash deploy/samples/demo.sh
 
-test: fmt-check lint shellcheck unit samples images-test e2e ## Every test tier this machine can run (0 and 1)
+test: fmt-check lint shellcheck unit interop samples images-test e2e ## Every test tier this machine can run (0 and 1)
 
 # A full run builds everything once: incremental caches would only cost disk.
 test: export CARGO_INCREMENTAL = 0
@@ -31,6 +31,12 @@ shellcheck: ## Every shell script in the repository (installs shellcheck with ap
 
 unit: ## Tier 0: pure unit tests and real processes on loopback
 	$(CARGO) test --workspace
+
+dapr-build: ## Build Dapr's daprd and sentry from the Go module proxy (cached outside the repo)
+	bash e2e/dapr/build.sh
+
+interop: ## Tier 0 against Dapr's own binaries: ferryd's certificate from Dapr's Sentry, daprd's from Ferry's CA
+	bin="$$(bash e2e/dapr/build.sh)" && FERRY_DAPR_BIN="$$bin" $(CARGO) test -p ferry-sidecar --test dapr_interop -- --ignored
 
 samples: ## The demo, with every answer checked
 	bash deploy/samples/demo.sh --check

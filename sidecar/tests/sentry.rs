@@ -5,137 +5,22 @@
 //! a new sidecar waits, not Ready, saying why; a root rotation (add the new root, switch the
 //! issuer, remove the old root) under load fails no call.
 
+#[path = "common/ca.rs"]
+mod ca;
 mod common;
 
 use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwap;
+use ca::Ca;
 use common::*;
-use ferry_api::{Namespace, TrustDomain};
-use ferry_identity::{
-    Authority, CaMaterial,
-    sentry::{
-        self, Refusal, SentryService, SignCertificateRequest, TokenValidator, Validated, Validator,
-    },
-    tls::{self, ServingCert},
-};
-use tokio::net::TcpListener;
-
-struct Insecure(Arc<AtomicU64>);
-
-impl Validator for Insecure {
-    fn kind(&self) -> TokenValidator {
-        TokenValidator::Insecure
-    }
-    async fn validate(&self, _req: &SignCertificateRequest) -> Result<Validated, Refusal> {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        Ok(Validated {
-            trust_domain: TrustDomain::default(),
-        })
-    }
-}
-
-fn sentry_id() -> ferry_api::SpiffeId {
-    sentry::sentry_id(
-        &TrustDomain::new("cluster.local").unwrap(),
-        &Namespace::new("ferry-system").unwrap(),
-    )
-}
-
-/// The CA's own serving certificate, from `material`'s issuer: it lives an hour whatever the
-/// workload certificates' life (renewing it is the CA host's business, not these tests').
-fn serving(
-    material: &CaMaterial,
-    anchors: &str,
-) -> (
-    Vec<rustls::pki_types::CertificateDer<'static>>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-) {
-    Authority::new(
-        &material.issuer_cert,
-        &material.issuer_key,
-        anchors,
-        Duration::from_secs(3600),
-    )
-    .unwrap()
-    .serving_certificate(&sentry_id(), &[])
-    .unwrap()
-}
-
-/// Ferry's CA on a port of its own, stoppable and restartable on the same address.
-struct Ca {
-    authority: Arc<ArcSwap<Authority>>,
-    serving: Arc<ServingCert>,
-    addr: std::net::SocketAddr,
-    signed: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Ca {
-    async fn start(material: &CaMaterial, ttl: Duration) -> Self {
-        let authority = Authority::from_material(material, ttl).unwrap();
-        let (chain, key) = serving(material, &material.root_cert);
-        let mut ca = Self {
-            authority: Arc::new(ArcSwap::from_pointee(authority)),
-            serving: ServingCert::new(chain, &key).unwrap(),
-            addr: "127.0.0.1:0".parse().unwrap(),
-            signed: Arc::default(),
-            stop: None,
-        };
-        ca.serve().await;
-        ca
-    }
-
-    async fn serve(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
-        self.addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let service = SentryService::new(self.authority.clone(), Insecure(self.signed.clone()));
-        let config = tls::serving_config(&self.serving);
-        tokio::spawn(sentry::serve(listener, config, service, async {
-            let _ = rx.await;
-        }));
-        self.stop = Some(tx);
-    }
-
-    fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-
-    /// Signs with `material`'s issuer from now on, handing out `anchors`.
-    fn switch_issuer(&self, material: &CaMaterial, anchors: &str, ttl: Duration) {
-        let next =
-            Authority::new(&material.issuer_cert, &material.issuer_key, anchors, ttl).unwrap();
-        let (chain, key) = serving(material, anchors);
-        self.serving.set(chain, &key).unwrap();
-        self.authority.store(Arc::new(next));
-    }
-
-    fn args(&self, anchors: &std::path::Path) -> Vec<String> {
-        [
-            "--enable-mtls",
-            "--sentry-address",
-            &self.addr.to_string(),
-            "--control-plane-namespace",
-            "ferry-system",
-            "--control-plane-trust-domain",
-            "cluster.local",
-            "--trust-anchors-file",
-            anchors.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
-    }
-}
+use ferry_identity::CaMaterial;
 
 /// Calls a → b from `workers` loops until stopped; returns (ok, failed, first failure).
 fn load(
