@@ -151,6 +151,14 @@ impl<R: Resolve, C: Connect> Api<R, C> {
     }
 
     fn metadata(&self) -> Response<Body> {
+        let mut resp = Response::new(body::full(self.metadata_doc().to_string()));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+
+    /// `/v1.0/metadata`'s document (the gRPC API's `GetMetadata` answers the same).
+    pub fn metadata_doc(&self) -> serde_json::Value {
         metadata(
             &self.settings,
             &self.endpoints.load(),
@@ -279,7 +287,7 @@ fn metadata(
     endpoints: &Endpoints,
     app_health: Option<&AppHealth>,
     health: &Health,
-) -> Response<Body> {
+) -> serde_json::Value {
     let endpoints: Vec<serde_json::Value> = endpoints
         .names()
         .into_iter()
@@ -343,10 +351,7 @@ fn metadata(
         }
         doc["appConnectionProperties"] = props;
     }
-    let mut resp = Response::new(body::full(doc.to_string()));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+    doc
 }
 
 async fn set_metadata<B>(health: &Health, key: String, req: Request<B>) -> Response<Body>

@@ -49,9 +49,9 @@ pub struct SidecarArgs {
     #[arg(long, env = "FERRY_HTTP_PORT", default_value_t = ports::HTTP_API)]
     pub dapr_http_port: u16,
 
-    /// The gRPC API port given to the app as `DAPR_GRPC_PORT` (reserved: not served yet).
-    #[arg(long, env = "FERRY_GRPC_PORT", default_value_t = ports::GRPC_API,
-          value_parser = clap::value_parser!(u16).range(1..))]
+    /// Dapr's gRPC API (`dapr.proto.runtime.v1.Dapr`), on the HTTP API's addresses, given to the
+    /// app as `DAPR_GRPC_PORT` (0: a free port).
+    #[arg(long, env = "FERRY_GRPC_PORT", default_value_t = ports::GRPC_API)]
     pub dapr_grpc_port: u16,
 
     /// The sidecar-to-sidecar port [default: a free port in standalone mode, 50002 in
@@ -293,7 +293,7 @@ pub struct Settings {
     pub app_protocol: AppProtocol,
     /// Where the HTTP API listens.
     pub http: HttpListen,
-    /// The gRPC API port given to the app as `DAPR_GRPC_PORT` (reserved: not served yet).
+    /// Where the gRPC API listens, on the HTTP API's addresses (0: a free port).
     pub grpc_port: u16,
     /// Where the sidecar-to-sidecar port listens (port 0: a free one).
     pub internal: SocketAddr,

@@ -15,6 +15,7 @@ pub mod config;
 pub mod configuration;
 pub mod conn;
 pub mod endpoints;
+pub mod grpc;
 pub mod identity;
 pub mod inbound;
 pub mod invoke;

@@ -217,6 +217,7 @@ impl Launched {
             namespace = %settings.namespace,
             mode = ?settings.mode,
             http = ?r.http_addrs,
+            grpc = r.entry.grpc_port,
             internal = %r.internal_addr,
             public = ?r.public_addr,
             metrics = ?r.metrics_addr,
@@ -333,6 +334,11 @@ async fn launch<R: Resolve>(
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    let grpc_listeners = bind_api(&settings.http, settings.grpc_port, "dapr-grpc-port").await?;
+    let grpc_port = grpc_listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(settings.grpc_port, |a| a.port());
     let internal = bind(settings.internal, "dapr-internal-grpc-port").await?;
     let internal_addr = internal
         .local_addr()
@@ -353,6 +359,13 @@ async fn launch<R: Resolve>(
     let first_request = settings.head_timeout;
     let mut tasks = JoinSet::new();
     let builder = http_builder(settings.max_head);
+    // The API ports' connections: plaintext, nothing kept idle on shutdown.
+    let api_conn = ConnOptions {
+        grace,
+        first_request,
+        linger: Duration::ZERO,
+        tls: None,
+    };
     for listener in http_listeners {
         let api = api.clone();
         let svc = move |req| {
@@ -364,12 +377,19 @@ async fn launch<R: Resolve>(
             builder.clone(),
             svc,
             shutdown_rx.clone(),
-            ConnOptions {
-                grace,
-                first_request,
-                linger: Duration::ZERO,
-                tls: None,
-            },
+            api_conn.clone(),
+        ));
+    }
+    let grpc = crate::grpc::GrpcService::new(api.clone());
+    for listener in grpc_listeners {
+        let grpc = grpc.clone();
+        let svc = move |req| grpc.clone().serve(req);
+        tasks.spawn(serve(
+            listener,
+            builder.clone(),
+            svc,
+            shutdown_rx.clone(),
+            api_conn.clone(),
         ));
     }
     {
@@ -399,12 +419,7 @@ async fn launch<R: Resolve>(
             builder.clone(),
             svc,
             shutdown_rx.clone(),
-            ConnOptions {
-                grace,
-                first_request,
-                linger: Duration::ZERO,
-                tls: None,
-            },
+            api_conn.clone(),
         ));
     }
     if let (Some(listener), Some(m)) = (metrics_listener, &metrics) {
@@ -417,12 +432,7 @@ async fn launch<R: Resolve>(
             builder.clone(),
             svc,
             shutdown_rx.clone(),
-            ConnOptions {
-                grace,
-                first_request,
-                linger: Duration::ZERO,
-                tls: None,
-            },
+            api_conn.clone(),
         ));
     }
 
@@ -454,7 +464,7 @@ async fn launch<R: Resolve>(
             .first()
             .map(|a| a.port())
             .unwrap_or(settings.http.port),
-        grpc_port: settings.grpc_port,
+        grpc_port,
         app_port: settings.app.as_ref().map(|a| a.port),
         app_protocol: settings.app_protocol.as_str().to_owned(),
         pid: std::process::id(),
@@ -548,10 +558,21 @@ async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, Start
 /// An address this machine does not have (Dapr's default `[::1],127.0.0.1` on a host without
 /// IPv6) is skipped, as daprd skips it, as long as another address works; any other failure
 /// (a busy port, say) stops the start.
+/// The HTTP API's listeners, on every address of `listen` (one port for all, also when free).
 async fn bind_http(listen: &HttpListen) -> Result<Vec<TcpListener>, StartError> {
+    bind_api(listen, listen.port, "dapr-http-port").await
+}
+
+/// An API's listeners on the HTTP API's addresses, at `port` (0: a free one, the same on every
+/// address).
+async fn bind_api(
+    listen: &HttpListen,
+    port: u16,
+    flag: &'static str,
+) -> Result<Vec<TcpListener>, StartError> {
     let explicit = listen.explicit;
     let addrs = listen.addrs.clone();
-    let mut port = listen.port;
+    let mut port = port;
     let mut out = Vec::new();
     let mut missing = None;
     for ip in &addrs {
@@ -572,11 +593,7 @@ async fn bind_http(listen: &HttpListen) -> Result<Vec<TcpListener>, StartError> 
                 missing = Some(source);
             }
             Err(source) => {
-                return Err(StartError::Bind {
-                    addr,
-                    flag: "dapr-http-port",
-                    source,
-                });
+                return Err(StartError::Bind { addr, flag, source });
             }
         }
     }
@@ -778,6 +795,7 @@ async fn serve<S, F>(
 }
 
 /// How a port treats its connections.
+#[derive(Clone)]
 struct ConnOptions {
     /// How long in-flight requests may finish on shutdown.
     grace: Duration,

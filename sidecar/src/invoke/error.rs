@@ -359,6 +359,13 @@ impl Cause {
     }
 }
 
+/// Marks a response the caller's sidecar made itself for a failed invocation (not the app's
+/// answer), with its message: the gRPC API answers it as a status instead of a body.
+#[derive(Debug, Clone)]
+pub struct SidecarFailure {
+    pub message: String,
+}
+
 /// An invocation that failed in the sidecar, with the target it was for (when known).
 #[derive(Debug)]
 pub struct InvokeError {
@@ -419,9 +426,12 @@ impl InvokeError {
         let status = self.status();
         let kind = self.cause.kind();
         let callee_made = self.from_callee;
-        let json =
-            serde_json::json!({"errorCode": self.cause.error_code(), "message": self.message()});
+        let message = self.message();
+        let json = serde_json::json!({"errorCode": self.cause.error_code(), "message": message});
         let mut resp = Response::new(body::full(json.to_string()));
+        if !callee_made {
+            resp.extensions_mut().insert(SidecarFailure { message });
+        }
         *resp.status_mut() = status;
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -9,5 +9,5 @@ pub mod target;
 pub mod trace;
 
 pub use call::Invocation;
-pub use error::{Cause, ErrorKind, InvokeError, ResolveError, Unusable};
+pub use error::{Cause, ErrorKind, InvokeError, ResolveError, SidecarFailure, Unusable, chain};
 pub use method::{Method, MethodError};
