@@ -34,10 +34,10 @@ head -c 1024 /dev/zero | tr '\0' x > "$work/body"
 
 taskset -c 1 "$bin/ferry-bench" app --port "$app_port" > "$work/app.log" 2>&1 & pids+=($!)
 taskset -c 1 "$bin/ferryd" --app-id percall-callee --app-port "$app_port" \
-  --dapr-http-port "$callee_http" --dapr-listen-addresses 127.0.0.1 > "$work/callee.log" 2>&1 &
+  --dapr-http-port "$callee_http" --dapr-grpc-port 0 --dapr-listen-addresses 127.0.0.1 > "$work/callee.log" 2>&1 &
 callee=$!; pids+=("$callee")
 taskset -c 1 "$bin/ferryd" --app-id percall-caller \
-  --dapr-http-port "$caller_http" --dapr-listen-addresses 127.0.0.1 > "$work/caller.log" 2>&1 &
+  --dapr-http-port "$caller_http" --dapr-grpc-port 0 --dapr-listen-addresses 127.0.0.1 > "$work/caller.log" 2>&1 &
 caller=$!; pids+=("$caller")
 
 url="http://127.0.0.1:$caller_http/v1.0/invoke/percall-callee/method/echo"

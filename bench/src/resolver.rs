@@ -581,7 +581,12 @@ impl Ferryd {
                 "--namespace",
                 ns,
             ])
-            .args(["--dapr-http-port", &http.to_string()])
+            .args([
+                "--dapr-http-port",
+                &http.to_string(),
+                "--dapr-grpc-port",
+                "0",
+            ])
             .args(["--dapr-listen-addresses", "127.0.0.1"])
             .args(["--dapr-public-port", &public.to_string()])
             .args(["--dapr-internal-grpc-port", &internal.to_string()])

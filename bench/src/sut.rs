@@ -422,11 +422,18 @@ impl Drop for Sut {
 /// loopback (the HTTP API on a free port, found in the registry), and `--enable-mtls` for the
 /// mTLS pair (its CA: the standalone local CA of `FERRY_HOME`, see [`ferryd_env`]).
 pub fn ferryd_args(id: &str, app_port: Option<u16>, mtls: bool) -> Vec<String> {
-    let mut a: Vec<String> = ["--app-id", id, "--dapr-http-port", "0"]
-        .into_iter()
-        .chain(["--dapr-listen-addresses", "127.0.0.1"])
-        .map(str::to_owned)
-        .collect();
+    let mut a: Vec<String> = [
+        "--app-id",
+        id,
+        "--dapr-http-port",
+        "0",
+        "--dapr-grpc-port",
+        "0",
+    ]
+    .into_iter()
+    .chain(["--dapr-listen-addresses", "127.0.0.1"])
+    .map(str::to_owned)
+    .collect();
     if let Some(p) = app_port {
         a.extend(["--app-port".to_owned(), p.to_string()]);
     }
@@ -548,7 +555,7 @@ mod tests {
         let callee = ferryd_args(MTLS_CALLEE_ID, Some(9000), true);
         assert_eq!(
             callee.join(" "),
-            "--app-id bench-mtls-callee --dapr-http-port 0 --dapr-listen-addresses 127.0.0.1 \
+            "--app-id bench-mtls-callee --dapr-http-port 0 --dapr-grpc-port 0 --dapr-listen-addresses 127.0.0.1 \
              --app-port 9000 --enable-mtls"
         );
         let caller = ferryd_args(MTLS_CALLER_ID, None, true);

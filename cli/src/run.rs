@@ -180,6 +180,8 @@ pub fn adjust(run: clap::Command) -> clap::Command {
     });
     let run = short(run, "app_port", 'p');
     let run = short(run, "dapr_http_port", 'H');
+    // As `dapr run`: a free port unless one is given, so that several apps run side by side.
+    let run = run.mut_arg("dapr_grpc_port", |a| a.default_value("0"));
     let run = short(run, "dapr_grpc_port", 'G');
     let run = short(run, "dapr_internal_grpc_port", 'I');
     let run = short(run, "config", 'c');

@@ -117,7 +117,7 @@ fn injected_args(app_id: &str, ports: Ports, extra: &[&str]) -> Vec<String> {
         "--dapr-http-port",
         &ports.http.to_string(),
         "--dapr-grpc-port",
-        "50001",
+        "0",
         "--dapr-internal-grpc-port",
         &ports.internal.to_string(),
         "--dapr-listen-addresses",
@@ -703,7 +703,14 @@ async fn metrics_are_off_without_the_flag_and_a_busy_port_is_a_start_error() {
     let out = tokio::process::Command::new(ferryd())
         .env_clear()
         .env("FERRY_HOME", &mesh.home)
-        .args(["--app-id", "x", "--dapr-http-port", "0"])
+        .args([
+            "--app-id",
+            "x",
+            "--dapr-http-port",
+            "0",
+            "--dapr-grpc-port",
+            "0",
+        ])
         .args(["--enable-metrics", "--metrics-port", &busy])
         .kill_on_drop(true)
         .output();
@@ -1055,7 +1062,14 @@ async fn a_listen_address_the_machine_lacks_is_skipped() {
     let out = tokio::process::Command::new(ferryd())
         .env_clear()
         .env("FERRY_HOME", &mesh.home)
-        .args(["--app-id", "x", "--dapr-http-port", "0"])
+        .args([
+            "--app-id",
+            "x",
+            "--dapr-http-port",
+            "0",
+            "--dapr-grpc-port",
+            "0",
+        ])
         .args(["--dapr-listen-addresses", "192.0.2.1"])
         .kill_on_drop(true)
         .output();
@@ -1100,7 +1114,14 @@ async fn flags_that_do_not_fit_together_exit_64_naming_them() {
         let out = tokio::process::Command::new(ferryd())
             .env_clear()
             .env("FERRY_HOME", &mesh.home)
-            .args(["--app-id", "x", "--dapr-http-port", "0"])
+            .args([
+                "--app-id",
+                "x",
+                "--dapr-http-port",
+                "0",
+                "--dapr-grpc-port",
+                "0",
+            ])
             .args(args)
             .kill_on_drop(true)
             .output();

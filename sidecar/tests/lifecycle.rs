@@ -94,7 +94,14 @@ async fn busy_port_is_a_clear_start_error() {
     let out = tokio::process::Command::new(ferryd())
         .env_clear()
         .env("FERRY_HOME", &mesh.home)
-        .args(["--app-id", "x", "--dapr-http-port", &port])
+        .args([
+            "--app-id",
+            "x",
+            "--dapr-http-port",
+            &port,
+            "--dapr-grpc-port",
+            "0",
+        ])
         .args(["--dapr-listen-addresses", "127.0.0.1"])
         .kill_on_drop(true)
         .output();

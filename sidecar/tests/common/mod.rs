@@ -167,7 +167,14 @@ impl SidecarBuilder<'_> {
             .env("HOME", &self.mesh.home)
             .env("FERRY_HOME", &self.mesh.home)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .args(["--app-id", &self.app_id, "--dapr-http-port", "0"])
+            .args([
+                "--app-id",
+                &self.app_id,
+                "--dapr-http-port",
+                "0",
+                "--dapr-grpc-port",
+                "0",
+            ])
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -179,6 +186,7 @@ impl SidecarBuilder<'_> {
             child,
             app_id: self.app_id,
             http: 0,
+            grpc: 0,
             internal: SocketAddr::from(([127, 0, 0, 1], 0)),
             entry_path: PathBuf::new(),
             log,
@@ -194,6 +202,7 @@ impl SidecarBuilder<'_> {
             }
             if let Some((path, entry)) = find_entry(&self.mesh.registry(), sc.pid) {
                 sc.http = entry["http_port"].as_u64().unwrap() as u16;
+                sc.grpc = entry["grpc_port"].as_u64().unwrap() as u16;
                 sc.internal = entry["internal_address"].as_str().unwrap().parse().unwrap();
                 sc.entry_path = path;
                 return sc;
@@ -234,6 +243,8 @@ pub struct Sidecar {
     pub app_id: String,
     /// The HTTP API port.
     pub http: u16,
+    /// The gRPC API port.
+    pub grpc: u16,
     /// The sidecar-to-sidecar address.
     pub internal: SocketAddr,
     pub entry_path: PathBuf,
