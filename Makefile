@@ -35,8 +35,9 @@ unit: ## Tier 0: pure unit tests and real processes on loopback
 dapr-build: ## Build Dapr's daprd and sentry from the Go module proxy (cached outside the repo)
 	bash e2e/dapr/build.sh
 
-interop: ## Tier 0 against Dapr's own binaries: ferryd's certificate from Dapr's Sentry, daprd's from Ferry's CA
+interop: ## Tier 0 against Dapr's own binaries and SDKs: Sentry and daprd both ways, the Python SDK over gRPC
 	bin="$$(bash e2e/dapr/build.sh)" && FERRY_DAPR_BIN="$$bin" $(CARGO) test -p ferry-sidecar --test dapr_interop -- --ignored
+	py="$$(bash e2e/clients/python.sh)" && FERRY_PYTHON="$$py" $(CARGO) test -p ferry-sidecar --test sdk_grpc -- --ignored
 
 samples: ## The demo, with every answer checked
 	bash deploy/samples/demo.sh --check
